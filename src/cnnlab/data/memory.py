@@ -1,0 +1,204 @@
+"""Small-image datasets (CIFAR, MNIST, synthetic) held whole in memory, on the training device, as uint8.
+
+Batches are gathered, augmented and normalized as whole tensors; per-batch randomness is a pure function of
+(seed, epoch, batch index, rank), so a run resumed from any checkpoint, mid-epoch included, sees the same batches.
+"""
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from cnnlab.data.augment import BatchAugment
+from cnnlab.data.readers import DatasetNotFoundError, Tensors, read_cifar, read_mnist, synthetic
+
+log = logging.getLogger(__name__)
+DATASETS = ("cifar10", "cifar100", "mnist", "synthetic")
+NORMALIZE = ("channel", "pixel_mean")
+
+
+class TensorBatches:
+    """Iterates (x, y) batches of in-memory tensors; shuffled per epoch, split across ranks without padding."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor],
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        position: Callable[[], tuple[int, int]] = lambda: (0, 0),
+    ) -> None:
+        self.x, self.y, self.batch_size, self.transform, self.shuffle = x, y, batch_size, transform, shuffle
+        self.seed, self.rank, self.world_size, self.position = seed, rank, world_size, position
+        self._resume: dict[str, int] | None = None
+        # Training ranks must take equal steps, so each drops the same tail; evaluation counts every image once.
+        n = len(y) - len(y) % world_size if shuffle else len(y)
+        self.per_rank = len(range(rank, n, world_size))
+
+    def __len__(self) -> int:
+        return -(-self.per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, start = 0, 0
+        if self.shuffle:
+            epoch, start = self.position() if self._resume is None else (self._resume["epoch"], self._resume["batch"])
+            self._resume = None
+            order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(hash((self.seed, epoch)) % 2**63))
+        else:
+            order = torch.arange(len(self.y))
+        order = order[self.rank :: self.world_size][: self.per_rank].to(self.x.device)
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            g = None
+            if self.shuffle:
+                g = torch.Generator(self.x.device).manual_seed(hash((self.seed, epoch, b, self.rank)) % 2**63)
+            yield self.transform(self.x[idx], g), self.y[idx]
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the next batch comes from; Lightning stores this in checkpoints and restores it on resume."""
+        epoch, batch = self.position()
+        return {"epoch": epoch, "batch": batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = state
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """CIFAR-10/100, MNIST or synthetic images, whole in memory, augmented per batch on the training device."""
+
+    def __init__(
+        self,
+        dataset: str,
+        root: str | None = None,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
+        pad: int = 0,
+        batch_size: int = 128,
+        eval_batch_size: int = 500,
+        val_split: int = 0,
+        normalize: str = "channel",
+        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        augment: BatchAugment | None = None,
+        download: bool = False,
+        cache_dir: str = "~/.cache/cnnlab",
+        device_resident: bool = True,
+        seed: int = 0,
+        synthetic_size: tuple[int, int] = (1024, 256),
+    ) -> None:
+        """
+        Args:
+            dataset: one of cifar10, cifar100, mnist, synthetic.
+            root: the dataset folder (either CIFAR layout is detected); downloads go here when download=true.
+            image_size: side of the images as stored (after `pad`); CIFAR folders of other sizes are resized to it.
+            pad: zero pixels added on each side once at load (MNIST's 28x28 -> LeNet-5's 32x32 input).
+            val_split: images held out of the training set for validation (He et al. 2016: 5000); 0 validates on
+                the test set. The split is fixed (seed 0) whatever the run's seed.
+            normalize: "channel" ((x - mean) / std per channel) or "pixel_mean" (subtract the training set's
+                per-pixel mean image, He et al. 2016 4.2).
+            device_resident: keep the dataset on the training device (GPU), so batches never wait on the host.
+            synthetic_size: (train, test) image counts of the synthetic dataset.
+        """
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+        if dataset != "synthetic" and not root:
+            raise ValueError(f"data.root is required for dataset {dataset!r}")
+        self.save_hyperparameters(ignore=["augment"], logger=False)
+        self.augment = augment or BatchAugment()
+        self.root = Path(root).expanduser() if root else None
+        self.splits: dict[str, Tensors] = {}
+        self.classes: list[str] = []
+
+    def read(self, train: bool) -> Tensors:
+        hp = self.hparams
+        if hp.dataset == "synthetic":
+            n = hp.synthetic_size[0 if train else 1]
+            return synthetic(n, hp.num_classes, hp.in_channels, hp.image_size - 2 * hp.pad, train)
+        if hp.dataset == "mnist":
+            return read_mnist(self.root, train, hp.download)
+        cache = Path(hp.cache_dir).expanduser()
+        return read_cifar(hp.dataset, self.root, train, hp.download, hp.image_size - 2 * hp.pad, cache)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        train, test = self.read(train=True), self.read(train=False)
+        for name, split in (("train", train), ("test", test)):
+            if len(split.classes) != hp.num_classes or split.x.shape[1] != hp.in_channels:
+                raise DatasetNotFoundError(
+                    f"{hp.dataset} {name} split at {self.root} has {len(split.classes)} classes and "
+                    f"{split.x.shape[1]} channels, but data.num_classes={hp.num_classes} and "
+                    f"data.in_channels={hp.in_channels}"
+                )
+        if not 0 <= hp.val_split < len(train.y):
+            raise ValueError(f"val_split must be in [0, {len(train.y)}) for this dataset, got {hp.val_split}")
+        if hp.val_split:
+            perm = torch.randperm(len(train.y), generator=torch.Generator().manual_seed(0))
+            val_idx, train_idx = perm[: hp.val_split], perm[hp.val_split :].sort().values
+            val = Tensors(train.x[val_idx], train.y[val_idx], train.classes)
+            train = Tensors(train.x[train_idx], train.y[train_idx], train.classes)
+        else:
+            val = test
+        device = self.trainer.strategy.root_device if self.trainer and hp.device_resident else torch.device("cpu")
+        for name, split in (("train", train), ("val", val), ("test", test)):
+            x = F.pad(split.x, (hp.pad,) * 4) if hp.pad else split.x
+            self.splits[name] = Tensors(x.to(device), split.y.to(device), split.classes)
+        self.classes = train.classes
+        if hp.normalize == "pixel_mean":
+            self.mean = self.splits["train"].x.float().mean(0) / 255  # C x H x W
+            self.std = torch.ones(hp.in_channels, 1, 1, device=device)
+        else:
+            self.mean = torch.tensor(hp.mean, device=device).view(-1, 1, 1)
+            self.std = torch.tensor(hp.std, device=device).view(-1, 1, 1)
+        log.info("%s in memory on %s: %s", hp.dataset, device, {k: len(v.y) for k, v in self.splits.items()})
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 N x C x H x W -> float32, the model's input."""
+        return (x.float() / 255 - self.mean) / self.std
+
+    def _train_transform(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        return self.normalize(self.augment(x, g))
+
+    def _eval_transform(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        return self.normalize(x)
+
+    def _position(self) -> tuple[int, int]:
+        """(epoch, batch) the training loader continues from, read off the trainer's progress counters."""
+        if self.trainer is None:
+            return 0, 0
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        epoch = self.trainer.current_epoch
+        return (epoch + 1, 0) if done >= self.trainer.num_training_batches else (epoch, done)
+
+    def _loader(self, split: str, train: bool) -> TensorBatches:
+        s, t = self.splits[split], self.trainer
+        rank, world = (t.global_rank, t.world_size) if t else (0, 1)
+        bs = self.hparams.batch_size if train else self.hparams.eval_batch_size
+        transform = self._train_transform if train else self._eval_transform
+        return TensorBatches(s.x, s.y, bs, transform, shuffle=train, seed=self.hparams.seed, rank=rank,
+                             world_size=world, position=self._position if train else lambda: (0, 0))
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._loader("test", train=False)
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: what a predictor needs to preprocess images exactly as in training."""
+        return {"classes": self.classes, "mean": self.mean.cpu(), "std": self.std.cpu()} if self.splits else {}

@@ -1,0 +1,162 @@
+"""Readers that turn a small-image dataset on disk into uint8 tensors (N x C x H x W) held in memory.
+
+CIFAR comes either in the official python-pickle format (torchvision's reader, download=True for users with internet)
+or as image folders (`train/<class>/*`, `test/<class>/*`); a folder is decoded once and cached as a tensor file in a
+cache directory outside the dataset folder, so the next run starts in about a second.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+CIFAR = {"cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py"),
+         "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python")}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The data is missing, incomplete or not in a layout we read; the message says where and how to get it."""
+
+
+@dataclass
+class Tensors:
+    """A whole split in memory."""
+
+    x: torch.Tensor  # N x C x H x W, uint8
+    y: torch.Tensor  # N, int64
+    classes: list[str]
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def folder_splits(root: Path) -> dict[str, Path] | None:
+    """The image-folder layout: {'train': root/train, 'test': root/test or root/val}, or None."""
+    test = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+    return {"train": root / "train", "test": test} if (root / "train").is_dir() and test else None
+
+
+def read_cifar(name: str, root: Path, train: bool, download: bool, image_size: int, cache_dir: Path) -> Tensors:
+    """CIFAR-10/100 from image folders or the python-pickle format, whichever `root` holds."""
+    cls, pickle_dir = CIFAR[name]
+    if folders := folder_splits(root):
+        return read_image_folder(folders["train" if train else "test"], image_size, 3, cache_dir)
+    if root.name == pickle_dir:
+        root = root.parent
+    if not (root / pickle_dir).is_dir() and not download:
+        raise DatasetNotFoundError(
+            f"no {name} data at {root}: expected {root}/{pickle_dir}/ (the official python version) or image folders "
+            f"{root}/train/<class>/* and {root}/test/<class>/*. Set data.download=true to fetch it, or point "
+            f"data.root at an existing copy (e.g. data.root=../shared/datasets/cifar10-jpg)."
+        )
+    try:
+        ds = cls(str(root), train=train, download=download)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; torchvision raises RuntimeError when corrupt
+        raise DatasetNotFoundError(
+            f"could not {'download' if download else 'read'} {name} at {root}/{pickle_dir}: {err}. Without internet, "
+            f"copy the official archive's contents there, or point data.root at an image-folder copy."
+        ) from err
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # N x 32 x 32 x 3 -> N x 3 x 32 x 32
+    return Tensors(x, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+
+def read_mnist(root: Path, train: bool, download: bool) -> Tensors:
+    """MNIST in torchvision's layout (`<root>/MNIST/raw/*-ubyte`)."""
+    if root.name == "MNIST" and (root / "raw").is_dir():
+        root = root.parent
+    try:
+        ds = torchvision.datasets.MNIST(str(root), train=train, download=download)
+    except (OSError, RuntimeError) as err:
+        hint = "" if download else " Set data.download=true to fetch it (needs internet),"
+        raise DatasetNotFoundError(
+            f"no MNIST at {root}: expected {root}/MNIST/raw/train-images-idx3-ubyte and the other idx files ({err}).{hint}"
+            f" or point data.root at an existing copy (e.g. data.root=../shared/datasets/mnist)."
+        ) from err
+    return Tensors(ds.data.unsqueeze(1), ds.targets.to(torch.int64), list(ds.classes))
+
+
+def list_image_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Files and labels of `folder/<class>/*`, classes sorted by name (torchvision ImageFolder's convention)."""
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not classes:
+        raise DatasetNotFoundError(f"{folder} has no class folders: expected {folder}/<class>/<image files>")
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        found = sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise DatasetNotFoundError(f"class folder {folder / c} holds no images ({sorted(IMAGE_SUFFIXES)})")
+        files += found
+        labels += [i] * len(found)
+    return files, labels, classes
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Decodes one file to C x size x size uint8: greyscale/CMYK converted, other sizes resized + center-cropped."""
+
+    def __init__(self, files: list[Path], size: int, channels: int) -> None:
+        self.files, self.size = files, size
+        self.mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
+        try:
+            img = decode_image(str(self.files[i]), mode=self.mode)
+        except (RuntimeError, OSError, ValueError):
+            return i, None  # corrupt or truncated: counted and skipped by the caller
+        if img.shape[-2:] != (self.size, self.size):
+            img = TF.center_crop(TF.resize(img, self.size, antialias=True), [self.size, self.size])
+        return i, img
+
+
+def read_image_folder(folder: Path, image_size: int, channels: int, cache_dir: Path) -> Tensors:
+    """Decodes `folder/<class>/*` once into a uint8 tensor, cached under `cache_dir` keyed by the file list."""
+    files, labels, classes = list_image_folder(folder)
+    stats = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = hashlib.sha1(json.dumps([str(folder.resolve()), image_size, channels, stats]).encode()).hexdigest()[:16]
+    cache = cache_dir / f"{folder.parent.name}-{folder.name}-{image_size}px-{channels}ch-{key}.pt"
+    if cache.is_file():
+        d = torch.load(cache, weights_only=True)
+        return Tensors(d["x"], d["y"], d["classes"])
+
+    x = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8)
+    ok = torch.ones(len(files), dtype=torch.bool)
+    workers = min(available_cpus(), 8)
+    loader = torch.utils.data.DataLoader(_Decode(files, image_size, channels), batch_size=256, num_workers=workers,
+                                         collate_fn=list)
+    for batch in tqdm(loader, desc=f"decoding {folder} (once; cached in {cache_dir})", unit="batch"):
+        for i, img in batch:
+            if img is None:
+                ok[i] = False
+            else:
+                x[i] = img
+    if bad := (~ok).nonzero().flatten().tolist():
+        log.warning("skipped %d unreadable images in %s, e.g. %s", len(bad), folder, [str(files[i]) for i in bad[:3]])
+    out = Tensors(x[ok].contiguous(), torch.as_tensor(labels)[ok], classes)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"x": out.x, "y": out.y, "classes": classes}, tmp)
+    tmp.replace(cache)  # atomic: a concurrent or killed run never sees half a file
+    return out
+
+
+def synthetic(n: int, num_classes: int, channels: int, size: int, train: bool) -> Tensors:
+    """Learnable random data: each class is a fixed random template plus noise (different noise per split)."""
+    templates = torch.randint(0, 256, (num_classes, channels, size, size), generator=torch.Generator().manual_seed(0))
+    y = torch.arange(n) % num_classes
+    noise = torch.randint(0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(1 + int(train)))
+    x = (templates[y] * 3 + noise) // 4
+    return Tensors(x.to(torch.uint8), y, [f"class{i}" for i in range(num_classes)])
