@@ -18,7 +18,7 @@ def train(cfg: DictConfig) -> float | None:
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    data = instantiate(cfg.data, augment=instantiate(cfg.augment))
+    data = instantiate(cfg.data, augment=instantiate(cfg.augment), _convert_="all")
     model = instantiate(cfg.model)
     module = instantiate(cfg.module, model=model, optimizer=instantiate(cfg.optim), schedule=instantiate(cfg.schedule),
                          run_config=OmegaConf.to_container(cfg, resolve=True), _recursive_=False, _convert_="all")
@@ -29,8 +29,8 @@ def train(cfg: DictConfig) -> float | None:
     log.info("run directory: %s", run_dir)
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     trainer.test(module, datamodule=data)
-    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-    return None if best is None else float(best)
+    scores = [cb.best_model_score for cb in trainer.checkpoint_callbacks if cb.monitor]
+    return None if not scores or scores[0] is None else float(scores[0])
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -50,7 +50,8 @@ class TensorBatches:
         if self.shuffle:
             epoch, start = self.position() if self._resume is None else (self._resume["epoch"], self._resume["batch"])
             self._resume = None
-            order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(hash((self.seed, epoch)) % 2**63))
+            shuffle = torch.Generator().manual_seed(hash((self.seed, epoch)) % 2**63)
+            order = torch.randperm(len(self.y), generator=shuffle)
         else:
             order = torch.arange(len(self.y))
         order = order[self.rank :: self.world_size][: self.per_rank].to(self.x.device)
@@ -175,10 +176,14 @@ class InMemoryDataModule(L.LightningDataModule):
         return self.normalize(x)
 
     def _position(self) -> tuple[int, int]:
-        """(epoch, batch) the training loader continues from, read off the trainer's progress counters."""
+        """(epoch, batch) the training loader continues from, read off the trainer's progress counters.
+
+        `processed` is right at every save point: Lightning redoes a batch interrupted mid-step (processed not yet
+        counted) and counts one saved from on_train_batch_end as done (processed counted, completed not yet).
+        """
         if self.trainer is None:
             return 0, 0
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         epoch = self.trainer.current_epoch
         return (epoch + 1, 0) if done >= self.trainer.num_training_batches else (epoch, done)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
@@ -81,7 +82,8 @@ def read_mnist(root: Path, train: bool, download: bool) -> Tensors:
     except (OSError, RuntimeError) as err:
         hint = "" if download else " Set data.download=true to fetch it (needs internet),"
         raise DatasetNotFoundError(
-            f"no MNIST at {root}: expected {root}/MNIST/raw/train-images-idx3-ubyte and the other idx files ({err}).{hint}"
+            f"no MNIST at {root}: expected {root}/MNIST/raw/train-images-idx3-ubyte and the other idx files "
+            f"({err}).{hint}"
             f" or point data.root at an existing copy (e.g. data.root=../shared/datasets/mnist)."
         ) from err
     return Tensors(ds.data.unsqueeze(1), ds.targets.to(torch.int64), list(ds.classes))
@@ -154,8 +156,11 @@ def read_image_folder(folder: Path, image_size: int, channels: int, cache_dir: P
 
 
 def synthetic(n: int, num_classes: int, channels: int, size: int, train: bool) -> Tensors:
-    """Learnable random data: each class is a fixed random template plus noise (different noise per split)."""
-    templates = torch.randint(0, 256, (num_classes, channels, size, size), generator=torch.Generator().manual_seed(0))
+    """Learnable random data: each class is a fixed coarse random template plus noise (different noise per split).
+
+    The templates are 4x4 blocks scaled up, so crops and flips keep them recognisable."""
+    coarse = torch.randint(0, 256, (num_classes, channels, 4, 4), generator=torch.Generator().manual_seed(0))
+    templates = F.interpolate(coarse.float(), size=(size, size), mode="nearest").long()
     y = torch.arange(n) % num_classes
     noise = torch.randint(0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(1 + int(train)))
     x = (templates[y] * 3 + noise) // 4

@@ -1,0 +1,77 @@
+"""Shared fixtures: compose the real configs with Hydra, pointed at a temporary run directory."""
+
+import os
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+DATASETS = Path(os.environ.get("CNNLAB_DATASETS", ROOT.parent / "shared" / "datasets"))
+sys.path.insert(0, str(ROOT))  # train.py lives at the top level
+
+
+def compose_run(overrides: list[str], run_dir: Path) -> DictConfig:
+    """The config `python train.py <overrides> hydra.run.dir=<run_dir>` would run with."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def run_train(overrides: list[str], run_dir: Path) -> float | None:
+    from train import train
+
+    cfg = compose_run(overrides, run_dir)
+    with open_dict(cfg):
+        del cfg.hydra  # train.py sees the job config, as under @hydra.main
+    return train(cfg)
+
+
+def config_names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def cifar10_jpg() -> Path:
+    root = DATASETS / "cifar10-jpg"
+    if not (root / "train").is_dir():
+        pytest.skip(f"the real CIFAR-10 JPEG folder is not at {root} (set CNNLAB_DATASETS)")
+    return root
+
+
+@pytest.fixture
+def cifar10_slice(cifar10_jpg: Path, tmp_path: Path) -> Path:
+    """A small real CIFAR-10 folder: links to the first 20 train and 10 test images of each class."""
+    for split, n in (("train", 20), ("test", 10)):
+        for cls in sorted(p.name for p in (cifar10_jpg / split).iterdir()):
+            (tmp_path / "cifar" / split / cls).mkdir(parents=True)
+            for f in sorted((cifar10_jpg / split / cls).iterdir())[:n]:
+                (tmp_path / "cifar" / split / cls / f.name).symlink_to(f)
+    return tmp_path / "cifar"
+
+
+class Interrupted(RuntimeError):
+    """Raised by InterruptAt to simulate a crash or preemption."""
+
+
+class InterruptAt(L.Callback):
+    """Kills training when it reaches optimizer step `step` (use as +callbacks.crash._target_=conftest.InterruptAt)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise Interrupted(f"simulated crash at step {trainer.global_step}")
