@@ -15,6 +15,15 @@ from cnnlab.schedule import Schedule
 STAGES = ("train", "val", "test")
 
 
+def param_groups(model: nn.Module, norm_bias_decay: bool = True) -> list[dict]:
+    """The trainable parameters; with norm_bias_decay=False, those with < 2 dims (BN, biases) get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if norm_bias_decay:
+        return [{"params": params}]
+    return [{"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 class ClassifierModule(L.LightningModule):
     """Trains and evaluates any image classifier with softmax cross-entropy."""
 
@@ -49,8 +58,10 @@ class ClassifierModule(L.LightningModule):
         self.metrics = nn.ModuleDict()  # "<stage>_<name>"; a stage alone as a key would shadow nn.Module.train
         for s in STAGES:
             self.metrics[f"{s}_loss"] = MeanMetric()
-            self.metrics[f"{s}_err1"] = 1 - MulticlassAccuracy(num_classes, top_k=1)
-            self.metrics[f"{s}_err5"] = 1 - MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
+            # average="micro": the fraction of all images misclassified, as the papers report (torchmetrics'
+            # default "macro" averages per-class accuracies instead)
+            for k, top in (("err1", 1), ("err5", min(5, num_classes))):
+                self.metrics[f"{s}_{k}"] = 1 - MulticlassAccuracy(num_classes, top_k=top, average="micro")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -81,13 +92,7 @@ class ClassifierModule(L.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self) -> dict:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.hparams.norm_bias_decay:
-            groups = [{"params": params}]
-        else:
-            groups = [{"params": [p for p in params if p.ndim > 1]},
-                      {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-        optimizer = self.optimizer(groups)
+        optimizer = self.optimizer(param_groups(self.model, self.hparams.norm_bias_decay))
         total = self.trainer.estimated_stepping_batches  # loads the training data, so the batch count is known
         per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
         factor = self.schedule(total_steps=total, steps_per_epoch=per_epoch)

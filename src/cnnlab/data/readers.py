@@ -116,7 +116,7 @@ class _Decode(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
         try:
-            img = decode_image(str(self.files[i]), mode=self.mode)
+            img = decode_image(str(self.files[i]), mode=self.mode, apply_exif_orientation=True)
         except (RuntimeError, OSError, ValueError):
             return i, None  # corrupt or truncated: counted and skipped by the caller
         if img.shape[-2:] != (self.size, self.size):
