@@ -1,4 +1,5 @@
-"""ResNet family (He et al. 2016, arXiv 1512.03385): CIFAR and ImageNet layouts, plain twins, ResNeXt widths.
+"""ResNet family (He et al. 2016, arXiv 1512.03385): CIFAR and ImageNet layouts, plain twins, ResNeXt, Wide ResNet,
+pre-activation, squeeze-and-excitation and stochastic depth; the blocks live in resnet_blocks.py.
 
 Parameter names follow torchvision's `models/resnet.py` (conv1, bn1, layer1.0.conv1, ..., downsample.0, fc) so that
 torchvision state dicts load with strict=True.
@@ -7,86 +8,14 @@ torchvision state dicts load with strict=True.
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from cnnlab.models.resnet_blocks import BLOCKS as BLOCK_CLASSES
+from cnnlab.models.resnet_blocks import Block, ZeroPadShortcut, conv1x1, conv3x3
 
 BLOCKS = ("basic", "bottleneck")
 STEMS = ("cifar", "imagenet")
 SHORTCUTS = ("A", "B")
-
-
-def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride, padding=1, groups=groups, bias=False)
-
-
-def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-
-class ZeroPadShortcut(nn.Module):
-    """Option A: identity with stride-2 subsampling and zero-padded extra channels; no parameters (paper, 3.3)."""
-
-    def __init__(self, cout: int, stride: int) -> None:
-        super().__init__()
-        self.cout, self.stride = cout, stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, 0, self.cout - x.shape[1]))
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convs (paper Fig. 2 left)."""
-
-    expansion = 1
-
-    def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None, residual: bool, **_) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = conv3x3(cin, planes, stride), nn.BatchNorm2d(planes)
-        self.conv2, self.bn2 = conv3x3(planes, planes), nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample, self.residual = downsample, residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand x4 (paper Fig. 5 right; Xie et al. 2017 Fig. 3c)."""
-
-    expansion = 4
-
-    def __init__(
-        self,
-        cin: int,
-        planes: int,
-        stride: int,
-        downsample: nn.Module | None,
-        residual: bool,
-        groups: int = 1,
-        width_per_group: int = 64,
-        stride_in_1x1: bool = False,
-    ) -> None:
-        super().__init__()
-        width = int(planes * width_per_group / 64) * groups
-        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1, self.bn1 = conv1x1(cin, width, s1), nn.BatchNorm2d(width)
-        self.conv2, self.bn2 = conv3x3(width, width, s3, groups), nn.BatchNorm2d(width)
-        self.conv3, self.bn3 = conv1x1(width, planes * 4), nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample, self.residual = downsample, residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
 
 
 class ResNet(nn.Module):
@@ -106,6 +35,11 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
         num_classes: int = 1000,
         in_channels: int = 3,
+        preact: bool = False,
+        se_reduction: int | None = None,
+        stochastic_depth: float = 0.0,
+        dropout: float = 0.0,
+        stem_width: int | None = None,
     ) -> None:
         """
         Args:
@@ -116,8 +50,17 @@ class ResNet(nn.Module):
             shortcut: "A" zero-padded identity (no parameters) or "B" 1x1 projection where shapes change (paper 3.3).
             residual: False builds the plain twin: the same layers without any shortcut.
             groups, width_per_group: ResNeXt cardinality C and bottleneck width d ("32x4d"); 1, 64 is ResNet.
+                Wide ResNet-50-2 is width_per_group=128 (torchvision's wide_resnet50_2).
             stride_in_1x1: put the stride on the first 1x1 as the paper ("v1"); torchvision strides the 3x3 ("v1.5").
-            zero_init_residual: start each block's last BN at gamma = 0 (Goyal et al. 2017); off in the paper.
+            zero_init_residual: start each residual branch at zero (Goyal et al. 2017): the last BN's gamma, or the
+                last conv of a pre-activation block; off in the paper.
+            preact: BN-ReLU-conv blocks with a clean identity path and a final BN-ReLU (He et al. 2016b); the stem is
+                then a bare conv (+ max-pool), projections are 1x1 convs without BN on the shared pre-activation.
+            se_reduction: squeeze-and-excitation with reduction ratio r on every block (Hu et al. 2018: r = 16).
+            stochastic_depth: 1 - p_L, the drop probability of the last block; block l of L drops its residual branch
+                with probability l / L * stochastic_depth (Huang et al. 2016, Eq. 4: linear decay, p_L = 0.5).
+            dropout: dropout rate between the convs of each block (Zagoruyko & Komodakis 2016: 0.3 for WRN-28-10).
+            stem_width: channels of the stem conv; None is widths[0] (WRN: 16, then stages of 16k-32k-64k).
         """
         super().__init__()
         if block not in BLOCKS:
@@ -130,32 +73,48 @@ class ResNet(nn.Module):
             raise ValueError(f"depths must be positive, one per stage of widths={list(widths)}, got {list(depths)}")
         if block == "basic" and (groups != 1 or width_per_group != 64):
             raise ValueError(f"groups/width_per_group need block='bottleneck', got {groups}x{width_per_group}d")
-        cls = BasicBlock if block == "basic" else Bottleneck
-        self.residual = residual
+        if se_reduction is not None and se_reduction < 1:
+            raise ValueError(f"se_reduction must be a positive ratio or None, got {se_reduction}")
+        if not 0.0 <= stochastic_depth < 1.0 or (stochastic_depth and not residual):
+            raise ValueError(f"stochastic_depth must be in [0, 1) on a residual net, got {stochastic_depth}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        cls = BLOCK_CLASSES[block, preact]
+        self.residual, self.preact = residual, preact
+        stem_width = stem_width or widths[0]
 
         if stem == "cifar":
-            self.conv1 = conv3x3(in_channels, widths[0])
+            self.conv1 = conv3x3(in_channels, stem_width)
             self.maxpool = nn.Identity()
         else:
-            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, stem_width, 7, 2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, padding=1)
-        self.bn1, self.relu = nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+        if not preact:  # pre-activation blocks open with their own BN-ReLU
+            self.bn1 = nn.BatchNorm2d(stem_width)
+        self.relu = nn.ReLU(inplace=True)
 
-        cin, self.stages = widths[0], []
+        cin, self.stages, total, index = stem_width, [], sum(int(d) for d in depths), 0
         for i, (depth, planes) in enumerate(zip(depths, widths, strict=True)):
             stride, cout = (1 if i == 0 else 2), planes * cls.expansion
-            downsample = None
-            if residual and (stride != 1 or cin != cout):
-                if shortcut == "A":
-                    downsample = ZeroPadShortcut(cout, stride)
-                else:
-                    downsample = nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
-            kw = dict(residual=residual, groups=groups, width_per_group=width_per_group, stride_in_1x1=stride_in_1x1)
-            layers = [cls(cin, planes, stride, downsample, **kw)]
-            layers += [cls(cout, planes, 1, None, **kw) for _ in range(int(depth) - 1)]
+            layers = []
+            for j in range(int(depth)):
+                downsample = None
+                if residual and j == 0 and (stride != 1 or cin != cout):
+                    if shortcut == "A":
+                        downsample = ZeroPadShortcut(cout, stride)
+                    elif preact:
+                        downsample = conv1x1(cin, cout, stride)
+                    else:
+                        downsample = nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
+                index += 1
+                kw = dict(groups=groups, width_per_group=width_per_group, stride_in_1x1=stride_in_1x1,
+                          se_reduction=se_reduction, drop_prob=stochastic_depth * index / total, dropout=dropout)
+                layers.append(cls(cin, planes, stride if j == 0 else 1, downsample, residual, **kw))
+                cin = cout
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
             self.stages.append(f"layer{i + 1}")
-            cin = cout
+        if preact:  # the last block's output is not yet activated (He et al. 2016b, 3.1)
+            self.norm = nn.BatchNorm2d(cin)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         self._init_weights(zero_init_residual)
@@ -169,11 +128,16 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, BasicBlock | Bottleneck):
-                    nn.init.zeros_((m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight)
+                if isinstance(m, Block):
+                    m.zero_init_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # CIFAR: N x 16 x 32 x 32; ImageNet: N x 64 x 56 x 56
+        x = self.conv1(x)
+        if not self.preact:
+            x = self.relu(self.bn1(x))
+        x = self.maxpool(x)  # CIFAR: N x 16 x 32 x 32; ImageNet: N x 64 x 56 x 56
         for name in self.stages:
             x = getattr(self, name)(x)  # each stage after the first halves H and W
+        if self.preact:
+            x = self.relu(self.norm(x))
         return self.fc(torch.flatten(self.avgpool(x), 1))  # N x num_classes
