@@ -86,3 +86,13 @@ def test_bad_dataset_path_and_bad_config_value_fail_clearly(tmp_path):
         run_train([*TINY, "model.shortcut=C"], tmp_path / "b")
     with pytest.raises(ValueError, match="val_split must be in"):
         run_train([*TINY, "data.val_split=500"], tmp_path / "c")
+
+
+@pytest.mark.parametrize(("model", "size", "classes"), [("googlenet", 224, 1000), ("inception_v3", 299, 1000),
+                                                         ("resnet50", 64, 10), ("densenet_bc100", 32, 10)])
+def test_zoo_models_train_through_train_py(model, size, classes, tmp_path):
+    """Auxiliary heads (GoogLeNet, Inception-v3) and ImageNet layouts go through the module end to end."""
+    best = run_train([*TINY, f"model={model}", f"data.image_size={size}", f"data.num_classes={classes}",
+                      "data.synthetic_size=[2,2]", "data.batch_size=2", "data.eval_batch_size=2",
+                      "trainer.max_epochs=1"], tmp_path)
+    assert best is not None and (tmp_path / "checkpoints" / "last.ckpt").is_file()
