@@ -127,7 +127,7 @@ class _Decode(torch.utils.data.Dataset):
 def read_image_folder(folder: Path, image_size: int, channels: int, cache_dir: Path) -> Tensors:
     """Decodes `folder/<class>/*` once into a uint8 tensor, cached under `cache_dir` keyed by the file list."""
     files, labels, classes = list_image_folder(folder)
-    stats = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    stats = [(str(p.relative_to(folder)), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]]
     key = hashlib.sha1(json.dumps([str(folder.resolve()), image_size, channels, stats]).encode()).hexdigest()[:16]
     cache = cache_dir / f"{folder.parent.name}-{folder.name}-{image_size}px-{channels}ch-{key}.pt"
     if cache.is_file():

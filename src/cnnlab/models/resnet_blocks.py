@@ -17,6 +17,13 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride, bias=False)
 
 
+def bottleneck_shape(planes: int, stride: int, groups: int, width_per_group: int, stride_in_1x1: bool):
+    """(width of the grouped 3x3, stride of the first 1x1, stride of the 3x3): ResNeXt's C x d at this stage's
+    planes (Xie et al. 2017, Table 1); the paper's v1 strides the 1x1, torchvision's v1.5 the 3x3."""
+    width = int(planes * width_per_group / 64) * groups
+    return (width, stride, 1) if stride_in_1x1 else (width, 1, stride)
+
+
 class ZeroPadShortcut(nn.Module):
     """Option A: identity with stride-2 subsampling and zero-padded extra channels; no parameters (paper, 3.3)."""
 
@@ -77,8 +84,7 @@ class Bottleneck(Block):
     def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None, residual: bool,
                  groups: int = 1, width_per_group: int = 64, stride_in_1x1: bool = False, **kw) -> None:
         super().__init__()
-        width = int(planes * width_per_group / 64) * groups
-        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        width, s1, s3 = bottleneck_shape(planes, stride, groups, width_per_group, stride_in_1x1)
         self.conv1, self.bn1 = conv1x1(cin, width, s1), nn.BatchNorm2d(width)
         self.conv2, self.bn2 = conv3x3(width, width, s3, groups), nn.BatchNorm2d(width)
         self.conv3, self.bn3 = conv1x1(width, planes * 4), nn.BatchNorm2d(planes * 4)
@@ -122,8 +128,7 @@ class PreActBottleneck(Block):
     def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None, residual: bool,
                  groups: int = 1, width_per_group: int = 64, stride_in_1x1: bool = False, **kw) -> None:
         super().__init__()
-        width = int(planes * width_per_group / 64) * groups
-        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        width, s1, s3 = bottleneck_shape(planes, stride, groups, width_per_group, stride_in_1x1)
         self.bn1, self.conv1 = nn.BatchNorm2d(cin), conv1x1(cin, width, s1)
         self.bn2, self.conv2 = nn.BatchNorm2d(width), conv3x3(width, width, s3, groups)
         self.bn3, self.conv3 = nn.BatchNorm2d(width), conv1x1(width, planes * 4)
