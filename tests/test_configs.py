@@ -9,7 +9,10 @@ from conftest import CONF, ROOT, compose_run, config_names
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
-GROUPS = ["data", "augment", "model", "module", "optim", "schedule", "trainer", "callbacks", "logger", "experiment"]
+from cnnlab.transfer import architecture
+
+GROUPS = ["data", "augment", "model", "module", "optim", "schedule", "trainer", "callbacks", "logger", "experiment",
+          "transfer", "eval"]
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -21,7 +24,7 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
         cfg = compose_run([f"{group}={name}", *extra], tmp_path / name)
         if group == "experiment":
             cfg = compose_run([f"experiment={name}", "data=synthetic"], tmp_path / name)
-            model = instantiate(cfg.model)
+            model = architecture(cfg.model)
             assert sum(p.numel() for p in model.parameters()) > 0
         elif group in ("callbacks", "logger"):
             assert all(instantiate(c) is not None for c in cfg[group].values())
@@ -37,7 +40,7 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
         elif group == "model" and name == "resnet1202":
             continue  # 19M parameters: counted in test_models with the others
         else:
-            assert instantiate(cfg[group]) is not None
+            assert (architecture if group == "model" else instantiate)(cfg[group]) is not None
 
 
 def test_experiment_he2016_cifar_is_the_papers_recipe(tmp_path):
@@ -66,12 +69,14 @@ def test_unknown_option_and_key_fail_naming_them(tmp_path):
 
 def test_help_lists_groups_and_options():
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True)
-    for line in ("model: ", "data: ", "experiment: he2016_cifar", "plain56", "resnet1202", "lenet5", "synthetic"):
+    for line in ("model: ", "data: ", "experiment: ", "he2016_cifar", "plain56", "resnet1202", "lenet5", "synthetic",
+                 "transfer: finetune_last, full, linear_probe, none"):
         assert line in out.stdout, line
 
 
 def test_every_group_maps_to_a_folder():
-    assert sorted(p.name for p in CONF.iterdir() if p.is_dir()) == sorted([*GROUPS, "hydra"])
+    # hparams_search: Optuna sweeper settings (# @package _global_), composed in test_sweeps
+    assert sorted(p.name for p in CONF.iterdir() if p.is_dir()) == sorted([*GROUPS, "hydra", "hparams_search"])
 
 
 def test_trainer_config_lists_every_lightning_trainer_argument():

@@ -96,3 +96,13 @@ def test_zoo_models_train_through_train_py(model, size, classes, tmp_path):
                       "data.synthetic_size=[2,2]", "data.batch_size=2", "data.eval_batch_size=2",
                       "trainer.max_epochs=1"], tmp_path)
     assert best is not None and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_paper_recipe_counted_in_iterations_runs(tmp_path):
+    """experiment=he2016_cifar stops by max_steps with max_epochs=-1, before Lightning has loaded the training data;
+    the schedule still needs the steps per epoch."""
+    run_train([*TINY, "experiment=he2016_cifar", "data=synthetic", "data.val_split=32", "trainer.max_steps=7",
+               "schedule.milestones=[3,5]"], tmp_path)
+    lrs = [float(r["lr-SGD"]) for r in csv.DictReader(next(tmp_path.glob("csv/version_0/metrics.csv")).open())
+           if r.get("lr-SGD")]
+    assert lrs[:3] == pytest.approx([0.025] * 3) and lrs[-1] == pytest.approx(0.00025)  # 0.1 per 128, batch 32

@@ -6,22 +6,27 @@ from collections.abc import Callable
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnlab.checkpoint import check_compatible
+from cnnlab.evaluation import EvalProtocol
 from cnnlab.schedule import Schedule
 
 STAGES = ("train", "val", "test")
 
 
 def param_groups(model: nn.Module, norm_bias_decay: bool = True) -> list[dict]:
-    """The trainable parameters; with norm_bias_decay=False, those with < 2 dims (BN, biases) get no weight decay."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if norm_bias_decay:
-        return [{"params": params}]
-    return [{"params": [p for p in params if p.ndim > 1]},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    """The trainable parameters, grouped by LR multiplier (`model.lr_scales`, name -> scale, set by cnnlab.transfer)
+    and, with norm_bias_decay=False, into those with < 2 dims (BN, biases), which get no weight decay."""
+    scales, groups = getattr(model, "lr_scales", {}), {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((norm_bias_decay or p.ndim > 1, scales.get(name, 1.0)), []).append(p)
+    return [{"params": ps, "lr_scale": scale, **({} if decay else {"weight_decay": 0.0})}
+            for (decay, scale), ps in sorted(groups.items(), key=lambda g: (not g[0][0], -g[0][1]))]
 
 
 class ClassifierModule(L.LightningModule):
@@ -36,6 +41,11 @@ class ClassifierModule(L.LightningModule):
         label_smoothing: float = 0.0,
         aux_weight: float = 0.3,
         norm_bias_decay: bool = True,
+        batch_size: int | None = None,
+        reference_batch: int | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        evaluation: dict | None = None,
         run_config: dict | None = None,
     ) -> None:
         """
@@ -48,13 +58,24 @@ class ClassifierModule(L.LightningModule):
                 training mode (GoogLeNet: 0.3, Szegedy et al. 2015); the main head alone is scored.
             norm_bias_decay: apply weight decay to BN/bias parameters (the papers do); False exempts every
                 parameter with fewer than 2 dimensions.
+            batch_size: images per device per step; with reference_batch, the optimizer's lr is multiplied by
+                global batch (batch_size x devices x nodes x accumulate_grad_batches) / reference_batch (the linear
+                scaling rule, Goyal et al. 2017), so changing the GPU count keeps the recipe.
+            reference_batch: the batch the configured lr is meant for (e.g. 256 for "0.1 per 256 images");
+                None: no scaling.
+            channels_last: NHWC memory format for the model and its inputs (faster convolutions with AMP on GPUs).
+            compile: torch.compile the model in place (state-dict keys unchanged, so checkpoints stay portable).
+            evaluation: the test stage's protocol, an `eval` config (cnnlab.evaluation); None: one view per image.
             run_config: the run's resolved config, stored in checkpoints so a model can be rebuilt from one file.
         """
         super().__init__()
+        if reference_batch is not None and not batch_size:
+            raise ValueError(f"reference_batch={reference_batch} needs the per-device batch_size, got {batch_size}")
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters(ignore=["model", "optimizer", "schedule"])
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.evaluation = EvalProtocol.build(evaluation)
         self.metrics = nn.ModuleDict()  # "<stage>_<name>"; a stage alone as a key would shadow nn.Module.train
         for s in STAGES:
             self.metrics[f"{s}_loss"] = MeanMetric()
@@ -63,19 +84,34 @@ class ClassifierModule(L.LightningModule):
             for k, top in (("err1", 1), ("err5", min(5, num_classes))):
                 self.metrics[f"{s}_{k}"] = 1 - MulticlassAccuracy(num_classes, top_k=top, average="micro")
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_compatible(checkpoint["state_dict"], self.state_dict(),
+                         checkpoint.get("hyper_parameters", {}).get("run_config"), self.hparams.run_config)
+
+    def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.model.compile()
+            self._compiled = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
-        logits, *aux = out if isinstance(out := self.model(x), tuple | list) else (out,)
+        multi = stage == "test" and self.evaluation.multi_view  # several views per image: their softmax averaged
+        if self.hparams.channels_last and not multi:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.evaluation.log_scores(self.model, x) if multi else self.model(x)
+        logits, *aux = out if isinstance(out, tuple | list) else (out,)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         for a in aux:
             loss = loss + self.hparams.aux_weight * F.cross_entropy(a, y, label_smoothing=self.hparams.label_smoothing)
         with torch.no_grad():
             self.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(y))
-            for k in ("err1", "err5"):
-                self.metrics[f"{stage}_{k}"].update(logits, y)
+            for k in ("err1", "err5"):  # soft targets (mixup, cutmix, smoothing) are scored by their top class
+                self.metrics[f"{stage}_{k}"].update(logits, y.argmax(1) if y.ndim > 1 else y)
         for k in ("loss", "err1", "err5"):
             self.log(f"{stage}/{k}", self.metrics[f"{stage}_{k}"], on_step=False, on_epoch=True, prog_bar=k == "err1")
         if stage == "train":
@@ -93,7 +129,19 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer(param_groups(self.model, self.hparams.norm_bias_decay))
-        total = self.trainer.estimated_stepping_batches  # loads the training data, so the batch count is known
+        for g in optimizer.param_groups:  # transfer learning: e.g. the pretrained backbone at 0.1 x lr
+            g["lr"] *= g["lr_scale"]
+        if self.hparams.reference_batch:
+            t = self.trainer
+            scale = self.hparams.batch_size * t.world_size * t.accumulate_grad_batches / self.hparams.reference_batch
+            for g in optimizer.param_groups:
+                g["lr"] *= scale
+            rank_zero_info(f"lr x {scale:g} = {optimizer.param_groups[0]['lr']:g} for a global batch of "
+                           f"{self.hparams.batch_size * t.world_size * t.accumulate_grad_batches} images "
+                           f"(the recipe's lr is per {self.hparams.reference_batch})")
+        total = self.trainer.estimated_stepping_batches
+        if self.trainer.train_dataloader is None:  # with max_steps and max_epochs=-1 Lightning has not loaded it yet
+            self.trainer.fit_loop.setup_data()
         per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
         factor = self.schedule(total_steps=total, steps_per_epoch=per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
