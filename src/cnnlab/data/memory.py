@@ -71,6 +71,18 @@ class TensorBatches:
         self._resume = state
 
 
+def loop_position(trainer: L.Trainer | None) -> tuple[int, int]:
+    """(epoch, batch) the training loader continues from, read off the trainer's progress counters.
+
+    `processed` is right at every save point: Lightning redoes a batch interrupted mid-step (processed not yet
+    counted) and counts one saved from on_train_batch_end as done (processed counted, completed not yet).
+    """
+    if trainer is None:
+        return 0, 0
+    done, epoch = trainer.fit_loop.epoch_loop.batch_progress.current.processed, trainer.current_epoch
+    return (epoch + 1, 0) if done >= trainer.num_training_batches else (epoch, done)
+
+
 class InMemoryDataModule(L.LightningDataModule):
     """CIFAR-10/100, MNIST or synthetic images, whole in memory, augmented per batch on the training device."""
 
@@ -115,6 +127,9 @@ class InMemoryDataModule(L.LightningDataModule):
             raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
         if dataset != "synthetic" and not root:
             raise ValueError(f"data.root is required for dataset {dataset!r}")
+        if augment is not None and not isinstance(augment, BatchAugment):
+            raise TypeError(f"InMemoryDataModule (data={dataset}) cannot apply augment preset {augment!r}: it is for "
+                            f"image folders (data=imagenet|imagenette); use augment=cifar or augment=none")
         self.save_hyperparameters(ignore=["augment"], logger=False)
         self.augment = augment or BatchAugment()
         self.root = Path(root).expanduser() if root else None
@@ -176,16 +191,7 @@ class InMemoryDataModule(L.LightningDataModule):
         return self.normalize(x)
 
     def _position(self) -> tuple[int, int]:
-        """(epoch, batch) the training loader continues from, read off the trainer's progress counters.
-
-        `processed` is right at every save point: Lightning redoes a batch interrupted mid-step (processed not yet
-        counted) and counts one saved from on_train_batch_end as done (processed counted, completed not yet).
-        """
-        if self.trainer is None:
-            return 0, 0
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        epoch = self.trainer.current_epoch
-        return (epoch + 1, 0) if done >= self.trainer.num_training_batches else (epoch, done)
+        return loop_position(self.trainer)
 
     def _loader(self, split: str, train: bool) -> TensorBatches:
         s, t = self.splits[split], self.trainer

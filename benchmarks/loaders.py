@@ -1,0 +1,130 @@
+"""Loader throughput per CPU core: JPEG decode + RandomResizedCrop(224) + horizontal flip, one thread, three paths.
+
+    PIL          PIL decode (+ CMYK/grey -> RGB), the inception preset's crop box, one crop+resize, flip (the
+                 data=imagenet workers' per-image work, cnnlab.data.ImageAugment)
+    decode_jpeg  torchvision.io.decode_jpeg on the file bytes, the same box, TF.resized_crop (antialiased), flip
+    FFCV         the .beton written by `python -m cnnlab.data.ffcv`, decoded + cropped + flipped in FFCV's
+                 compiled pipeline with 1 thread (the data=imagenet_ffcv loader's per-image work)
+
+Every path gets the same images and the same crop sampler; each pass is timed after a warm-up pass (numba
+compilation, page cache) and the best of --repeats passes counts. torch, OpenCV and FFCV use one thread, so the figure
+is per core. `--upscale 500x375` re-encodes the images at ImageNet's typical size first (JPEG quality 90);
+`--max-side` caps the .beton's images (ffcv-imagenet stores ImageNet at 400-512 px), 1024 keeps them as they are.
+
+    python benchmarks/loaders.py --root ../shared/datasets/imagenette2-224 --images 2000 [--upscale 500x375]
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
+from torchvision.transforms.v2 import functional as TF  # noqa: E402
+
+from cnnlab.data.imagefolder import open_rgb  # noqa: E402
+from cnnlab.data.readers import list_image_folder  # noqa: E402
+from cnnlab.data.transforms import ImageAugment  # noqa: E402
+
+PRESET = ImageAugment(size=224, crop="resized", area=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip=True)
+
+
+def pil_path(files: list[Path]) -> int:
+    for f in files:
+        PRESET(open_rgb(f))
+    return len(files)
+
+
+def decode_jpeg_path(files: list[Path]) -> int:
+    for f in files:
+        img = decode_jpeg(torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        top, left, h, w = PRESET.box(img.shape[1], img.shape[2])
+        img = TF.resized_crop(img, top, left, h, w, [224, 224], antialias=True)
+        if np.random.random() < 0.5:
+            img = img.flip(-1)
+    return len(files)
+
+
+def ffcv_path(beton: Path, batch: int = 64):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import RandomHorizontalFlip, ToTensor
+
+    from cnnlab.data.ffcv import _decoders
+
+    loader = Loader(str(beton), batch_size=batch, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    os_cache=True, pipelines={"image": [_decoders()(PRESET, 224), RandomHorizontalFlip(), ToTensor()],
+                                              "label": [IntDecoder(), ToTensor()]})
+
+    def run(_files) -> int:
+        return sum(len(x) for x, _ in loader)
+
+    return run
+
+
+def timed(fn, files, repeats: int) -> float:
+    fn(files)  # warm-up: compilation, page cache
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = fn(files)
+        best = max(best, n / (time.perf_counter() - t))
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--root", type=Path, default=Path("../shared/datasets/imagenette2-224"))
+    p.add_argument("--images", type=int, default=2000, help="images (spread over the classes of train/)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--upscale", default=None, help="WxH: re-encode the images at this size first (quality 90)")
+    p.add_argument("--paths", nargs="+", default=["pil", "decode_jpeg", "ffcv"])
+    p.add_argument("--max-side", type=int, default=1024, help="the .beton's longer-side cap (ffcv-imagenet: 400-512)")
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    import cv2
+
+    cv2.setNumThreads(1)
+    files, labels, _ = list_image_folder(a.root / "train")
+    files = [files[i] for i in np.linspace(0, len(files) - 1, a.images).astype(int)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "images" / "train" / "all"  # one class: the writer reads folder/<class>/*
+        folder.mkdir(parents=True)
+        for i, f in enumerate(files):
+            dst = folder / f"{i:05d}.JPEG"
+            if a.upscale:
+                w, h = map(int, a.upscale.split("x"))
+                open_rgb(f).resize((w, h), Image.BICUBIC).save(dst, quality=90)
+            else:
+                dst.symlink_to(f.resolve())
+        files = sorted(folder.iterdir())
+        pixels = np.mean([np.prod(Image.open(f).size) for f in files[:200]])
+        rates = {}
+        for name in a.paths:
+            if name == "ffcv":
+                from cnnlab.data.ffcv import write_beton
+
+                write_beton(tmp / "images" / "train", tmp / "train.beton", max_side=a.max_side, quality=90, workers=1)
+                rates[name] = timed(ffcv_path(tmp / "train.beton"), files, a.repeats)
+            else:
+                rates[name] = timed({"pil": pil_path, "decode_jpeg": decode_jpeg_path}[name], files, a.repeats)
+            print(f"{name:12s} {rates[name]:8.1f} images/s on 1 core")
+    result = {"images": len(files), "mean_pixels": float(pixels), "upscale": a.upscale, "max_side": a.max_side,
+              "rates": rates,
+              "load_average": os.getloadavg(), "cores_for_2500": {k: 2500 / v for k, v in rates.items()}}
+    print(json.dumps(result, indent=1))
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

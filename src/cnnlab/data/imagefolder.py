@@ -1,0 +1,277 @@
+"""ImageNet-layout folders (`train/<synset>/*.JPEG`, `val/<synset>/*.JPEG`) read with PIL in worker processes.
+
+Workers decode, crop and flip (the `augment` preset's per-image part) and hand over uint8 tensors; the rest of the
+augmentation and the normalization run on the training device (`on_after_batch_transfer`). Evaluation follows the
+`eval` protocol. Every rank reads its own shard; evaluation shards are not padded, so each image counts once.
+"""
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms.v2 import functional as TF
+
+from cnnlab.data.augment import BatchAugment
+from cnnlab.data.memory import loop_position
+from cnnlab.data.readers import DatasetNotFoundError, available_cpus, list_image_folder
+from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageAugment
+from cnnlab.evaluation import EvalProtocol
+
+log = logging.getLogger(__name__)
+
+# Imagenette's 10 ILSVRC-2012 synsets (github.com/fastai/imagenette); full ImageNet reads LOC_synset_mapping.txt
+IMAGENETTE_NAMES = {"n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
+                    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
+                    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
+                    "n03888257": "parachute"}
+SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")  # "<wnid> <name>, <synonym>, ..." per line
+
+
+def class_names(root: Path, synsets: list[str]) -> list[str]:
+    """Human-readable names: the first name of each synset from a mapping file in root (or its parent), else
+    Imagenette's table, else the synset id itself."""
+    table = dict(IMAGENETTE_NAMES)
+    for f in (d / n for d in (root, root.parent) for n in SYNSET_FILES):
+        if f.is_file():
+            for line in f.read_text().splitlines():
+                wnid, _, words = line.strip().partition(" ")
+                table[wnid] = words.split(",")[0].strip() or wnid
+            break
+    return [table.get(s, s) for s in synsets]
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """The decoded image as RGB (greyscale, CMYK, palette and RGBA converted); raises on corrupt or truncated files."""
+    with Image.open(path) as img:
+        return img.convert("RGB")  # convert() decodes fully, so truncation raises here, not later
+
+
+class ImageFiles(Dataset):
+    """Labelled image files; an unreadable one yields None (the collate function counts and drops it)."""
+
+    def __init__(self, files: list[Path], labels: list[int], transform: Callable) -> None:
+        self.files, self.labels, self.transform = files, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple | None:
+        i, size = key if isinstance(key, tuple) else (key, None)
+        try:
+            img = open_rgb(self.files[i])
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None, str(self.files[i])
+        return (self.transform(img, size) if size else self.transform(img)), self.labels[i]
+
+
+def collate(batch: list[tuple], stack: Callable[[list[tuple]], tuple]) -> tuple:
+    """(views, labels, unreadable paths): the unreadable images are dropped, never a crash hours into a run."""
+    good = [b for b in batch if b[0] is not None]
+    return *stack(good), [b[1] for b in batch if b[0] is None]
+
+
+def stack_train(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
+
+
+class ShardSampler(DistributedSampler):
+    """This rank's indices: training shuffled per epoch (seed, epoch) with the tail dropped so all ranks take equal
+    steps; evaluation in order and unpadded, so every image counts exactly once across ranks. Being a
+    DistributedSampler, Lightning leaves it in place. With `size_at`, yields (index, crop side of the epoch)."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int, world_size: int,
+                 size_at: Callable[[int], int] | None = None,
+                 position: Callable[[], tuple[int, int]] | None = None, batch_size: int = 1) -> None:
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=shuffle)
+        self.n, self.size_at, self.position, self.batch_size = n, size_at, position, batch_size
+        self.num_samples = n // world_size if shuffle else len(range(rank, n, world_size))
+
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+        order = torch.arange(self.n)
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        mine = order[self.rank :: self.num_replicas][: self.num_samples].tolist()
+        if self.position is not None and (at := self.position())[0] == self.epoch:  # resumed mid-epoch: the rest
+            mine = mine[at[1] * self.batch_size :]
+        if self.size_at is None:
+            return iter(mine)
+        size = self.size_at(self.epoch)
+        return iter([(i, size) for i in mine])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """ImageNet or any folder in its layout, decoded with PIL in worker processes."""
+
+    def __init__(
+        self,
+        root: str,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        augment: ImageAugment | None = None,
+        evaluation: EvalProtocol | None = None,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        per_class: int | None = None,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            root: the folder holding `train/<class>/*` and `val/<class>/*`; class index = sorted class folders.
+            batch_size: per device (ImageNet papers: 256 in total, He et al. 2016, 3.4).
+            eval_batch_size: images per evaluation batch (views multiply the work); None = batch_size.
+            num_workers: decoding processes per device; None = the available CPUs / devices - 1 (at least 1).
+            augment: the training preset (config group `augment`); None = a plain RandomResizedCrop + flip.
+            evaluation: the test protocol (config group `eval`; None = center); validation scores the center crop.
+            per_class: read only the first n images of each class of each split (slices for quick runs).
+        """
+        super().__init__()
+        if isinstance(augment, BatchAugment):
+            raise TypeError(f"{type(self).__name__} (data={Path(str(root)).name}) cannot apply augment preset "
+                            f"{augment!r}: it works on in-memory uint8 batches (data=cifar10/cifar100/mnist). Use an "
+                            f"image-folder preset: augment=alexnet|resnet|inception|autoaugment|randaugment|...")
+        if augment is not None and not isinstance(augment, ImageAugment):
+            raise TypeError(f"augment must be an ImageAugment preset, got {augment!r}")
+        if in_channels != 3:
+            raise ValueError(f"image folders are read as RGB: in_channels must be 3, got {in_channels}")
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {mean} and {std}")
+        self.save_hyperparameters(ignore=["augment", "evaluation"], logger=False)
+        self.root = Path(root).expanduser()
+        self.augment = augment or ImageAugment()
+        self.evaluation = EvalProtocol.build(evaluation) if evaluation is not None else EvalProtocol("center")
+        if self.evaluation.name == "none":
+            raise ValueError(f"eval=none scores images as stored, which only in-memory datasets allow; "
+                             f"{type(self).__name__} needs a crop protocol: eval=center|flip|tencrop|multiscale")
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.splits: dict[str, tuple[list[Path], list[int]]] = {}
+        self.classes: list[str] = []
+        self.class_names: list[str] = []
+        self.skipped = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        for split, sub in (("train", hp.train_dir), ("val", hp.val_dir)):
+            folder = self.root / sub
+            if not folder.is_dir():
+                raise DatasetNotFoundError(
+                    f"no {split} split at {folder}: expected {self.root}/{hp.train_dir}/<synset>/*.JPEG and "
+                    f"{self.root}/{hp.val_dir}/<synset>/*.JPEG (data/prepare_imagenet.py makes this layout from the "
+                    f"official archives); set data.root")
+            files, labels, classes = list_image_folder(folder)
+            if hp.per_class:
+                first = {c: k for k, c in reversed(list(enumerate(labels)))}  # files come grouped by class
+                keep = [k for k, c in enumerate(labels) if k - first[c] < hp.per_class]
+                files, labels = [files[k] for k in keep], [labels[k] for k in keep]
+            if len(classes) != hp.num_classes:
+                raise DatasetNotFoundError(f"{folder} has {len(classes)} class folders but "
+                                           f"data.num_classes={hp.num_classes}")
+            if self.classes and classes != self.classes:
+                raise DatasetNotFoundError(f"the class folders of {folder} differ from {self.root / hp.train_dir}'s")
+            self.classes = classes
+            self.splits[split] = (files, labels)
+        self.class_names = class_names(self.root, self.classes)
+        log.info("%s: %s images, %d classes (%s, ...)", self.root, {k: len(v[0]) for k, v in self.splits.items()},
+                 len(self.classes), ", ".join(self.class_names[:3]))
+
+    # ---- loaders -------------------------------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t else (0, 1)
+
+    def _workers(self) -> int:
+        if self.hparams.num_workers is not None:
+            return self.hparams.num_workers
+        if cpus := os.environ.get("SLURM_CPUS_PER_TASK"):  # sbatch --cpus-per-task: this process's share already
+            return max(1, int(cpus) - 1)
+        devices = self.trainer.num_devices if self.trainer else 1
+        return max(1, available_cpus() // max(1, devices) - 1)
+
+    def _loader(self, split: str, train: bool, views: Callable, stack: Callable, batch_size: int) -> DataLoader:
+        files, labels = self.splits[split]
+        rank, world = self._rank_world()
+        progressive = self.augment.size_at if train and self.augment.min_size else None
+        sampler = ShardSampler(len(files), train, self.hparams.seed, rank, world, progressive,
+                               partial(loop_position, self.trainer) if train else None, batch_size)
+        workers = self._workers()
+        return DataLoader(ImageFiles(files, labels, views), batch_size=batch_size, sampler=sampler,
+                          num_workers=workers, collate_fn=partial(collate, stack=stack),
+                          pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+                          persistent_workers=self.hparams.persistent_workers and workers > 0, drop_last=train,
+                          prefetch_factor=4 if workers else None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.augment, stack_train, self.hparams.batch_size)
+
+    def _eval_loader(self, protocol: EvalProtocol) -> DataLoader:
+        bs = self.hparams.eval_batch_size or self.hparams.batch_size
+        return self._loader("val", False, protocol.views, protocol.collate, bs)
+
+    def val_dataloader(self) -> DataLoader:
+        p = self.evaluation
+        return self._eval_loader(EvalProtocol("center", p.resize, p.crop))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.evaluation)
+
+    # ---- on the device -------------------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        """uint8 views -> the model's input: the preset's per-batch part in training, normalization otherwise."""
+        x, y, unreadable = batch
+        if unreadable:
+            self.skipped += len(unreadable)
+            log.warning("skipped %d unreadable image(s), %d so far: %s", len(unreadable), self.skipped, unreadable)
+        mean, std = self.mean.to(y.device), self.std.to(y.device)
+        if self.trainer is not None and self.trainer.training:
+            return self.augment.batch(x, y, mean, std, self.hparams.num_classes)
+        return EvalProtocol.map(x, lambda v: (v.float() / 255 - mean) / std), y
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: what a predictor needs to name classes and preprocess images as in training."""
+        return {"classes": self.classes, "class_names": self.class_names, "mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass  # everything in it is re-read from the folder
+
+
+def eval_transform(data: Mapping, evaluation: Mapping | None = None, mean: torch.Tensor | None = None,
+                   std: torch.Tensor | None = None) -> Callable[[Image.Image], torch.Tensor]:
+    """The eval preprocessing of a run's data config (and eval config) for one PIL image: resize, center crop, to
+    tensor, normalize -> float C x H x W. Image folders: the protocol's center crop (resize 256, crop 224 unless
+    set). In-memory datasets: the stored image size and padding (MNIST). mean/std override the config's: a
+    checkpoint's datamodule state holds the ones used, He et al.'s per-pixel mean image included."""
+    protocol = EvalProtocol.build({**(evaluation or {}), "name": "center"})
+    channels, pad = data.get("in_channels", 3), data.get("pad", 0)
+    side = data.get("image_size", 0) - 2 * pad
+    mean = torch.as_tensor(mean if mean is not None else data.get("mean", IMAGENET_MEAN), dtype=torch.float32)
+    std = torch.as_tensor(std if std is not None else data.get("std", IMAGENET_STD), dtype=torch.float32)
+    mean, std = (t.view(-1, 1, 1) if t.ndim == 1 else t for t in (mean, std))
+
+    def transform(img: Image.Image) -> torch.Tensor:
+        img = img.convert("L" if channels == 1 else "RGB")
+        if "image_size" in data:  # in-memory dataset: as the readers store a folder's images
+            x = TF.pad(TF.center_crop(TF.resize(TF.pil_to_tensor(img), side, antialias=True), [side, side]), [pad])
+        else:
+            x = protocol.views(img)
+        return (x.float() / 255 - mean) / std
+
+    return transform

@@ -1,0 +1,129 @@
+"""Every augment preset composes and does what its paper says: crop geometry, flip, PCA lighting, the policies,
+random erasing, mixup/cutmix soft targets with the module's soft-target loss, and progressive resizing."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import compose_run
+from hydra.utils import instantiate
+from PIL import Image
+
+from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVEC, ImageAugment, PCALighting
+from cnnlab.module import ClassifierModule
+
+PRESETS = ["alexnet", "resnet", "inception", "autoaugment", "randaugment", "trivialaugment", "modern", "progressive"]
+MEAN, STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def photo(h: int = 375, w: int = 500) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_outputs_have_the_right_shapes_dtypes_and_ranges(name, tmp_path):
+    cfg = compose_run(["data=imagenet", f"augment={name}"], tmp_path)
+    preset = instantiate(cfg.augment)
+    assert isinstance(preset, ImageAugment)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    x = torch.stack([preset(photo(), preset.size_at(0)) for _ in range(8)])
+    side = preset.size_at(0)
+    assert x.dtype == torch.uint8 and x.shape == (8, 3, side, side)
+    y = torch.arange(8) % 5
+    out, targets = preset.batch(x, y, MEAN, STD, num_classes=5)
+    assert out.dtype == torch.float32 and out.shape == x.shape and torch.isfinite(out).all()
+    assert out.min() >= (0 - max(IMAGENET_MEAN)) / min(IMAGENET_STD) - 1.5  # lighting shifts by ~0.1 at most
+    assert out.max() <= (1 - min(IMAGENET_MEAN)) / min(IMAGENET_STD) + 1.5
+    if name == "modern":  # mixup/cutmix + label smoothing: soft targets
+        assert targets.shape == (8, 5) and torch.allclose(targets.sum(1), torch.ones(8))
+        assert targets.min() >= 0.1 / 5 - 1e-6
+    else:
+        assert torch.equal(targets, y)
+
+
+def test_crop_geometry_follows_the_papers():
+    np.random.seed(0)
+    h, w = 375, 500
+    alexnet = ImageAugment(crop="shorter_side", shorter_side=(256, 256), center_square=True)
+    for _, left, bh, bw in (alexnet.box(h, w) for _ in range(500)):
+        assert bh == bw == round(224 * 375 / 256)  # 224 of the 256 x 256 image
+        assert left >= (w - h) // 2 and left + bw <= (w - h) // 2 + h  # inside the central square
+    resnet = np.array([ImageAugment(crop="shorter_side").box(h, w) for _ in range(2000)])
+    assert (resnet[:, 2] == resnet[:, 3]).all()
+    sides = 224 * 375 / resnet[:, 2]  # the shorter side the image was resized to
+    assert 255 <= sides.min() < 262 and 470 < sides.max() <= 481
+    assert resnet[:, 1].max() + resnet[resnet[:, 1].argmax(), 3] > 450  # anywhere, not only the central square
+    inception = np.array([ImageAugment().box(h, w) for _ in range(2000)])
+    area, ratio = inception[:, 2] * inception[:, 3] / (h * w), inception[:, 3] / inception[:, 2]
+    assert 0.075 < area.min() < 0.12 and area.max() > 0.9
+    assert ratio.min() > 0.74 and ratio.max() < 1.35
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    np.random.seed(0)
+    img = photo(224, 224)
+    preset = ImageAugment(crop="resized", area=(1, 1), ratio=(1, 1), flip=True)
+    same = torch.as_tensor(np.asarray(img)).permute(2, 0, 1)
+    outs = [preset(img) for _ in range(200)]
+    flipped = [torch.equal(o, same.flip(-1)) for o in outs]
+    assert 70 < sum(flipped) < 130
+    assert all(f or torch.equal(o, same) for o, f in zip(outs, flipped, strict=True))
+
+
+def test_pca_lighting_adds_one_colour_along_alexnets_eigenvectors_per_image():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    shift = PCALighting(0.1)(x) - x
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)  # constant over pixels
+    rgb = shift[:, :, 0, 0]
+    coeffs = rgb @ torch.tensor(PCA_EIGVEC)  # back to alpha_i * lambda_i
+    assert coeffs[:, 0].std() > 5 * coeffs[:, 2].std()  # the largest eigenvalue dominates
+    assert 0.01 < coeffs[:, 0].std() < 0.04  # 0.1 x 0.2175
+
+
+def test_policies_and_random_erasing_change_images_per_image():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    y = torch.zeros(6, dtype=torch.long)
+    for policy in ("autoaugment", "randaugment", "trivialaugment"):
+        out, _ = ImageAugment(size=32, policy=policy).batch(x, y, MEAN, STD, 2)
+        plain, _ = ImageAugment(size=32).batch(x, y, MEAN, STD, 2)
+        assert not torch.allclose(out, plain)
+    erased, _ = ImageAugment(size=32, erasing=0.99).batch(x, y, MEAN, STD, 2)
+    assert ((erased == 0).flatten(1).float().mean(1) > 0.01).sum() >= 5  # a zeroed (mean) rectangle in most
+
+
+def test_mixup_cutmix_soft_targets_train_through_the_module():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    y = torch.arange(8) % 4
+    for mix in ({"mixup": 0.2}, {"cutmix": 1.0}):
+        out, soft = ImageAugment(size=16, **mix).batch(x, y, MEAN, STD, 4)
+        assert soft.shape == (8, 4) and torch.allclose(soft.sum(1), torch.ones(8))
+        assert (soft.max(1).values < 1).any()  # mixed
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+    module = ClassifierModule(model, optimizer=None, schedule=None, num_classes=4)
+    module.log = lambda *a, **k: None
+    loss = module.training_step((out, soft), 0)
+    expected = -(soft * F.log_softmax(model(out), -1)).sum(1).mean()
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert module.metrics["train_err1"].compute() <= 1
+
+
+def test_progressive_resizing_grows_in_steps_of_32():
+    preset = ImageAugment(size=192, min_size=160, ramp=(65, 76))
+    sizes = [preset.size_at(e) for e in range(88)]
+    assert sizes[0] == sizes[65] == 160 and sizes[76] == sizes[87] == 192
+    assert sorted(sizes) == sizes and set(sizes) <= {160, 192} and ImageAugment().size_at(10) == 224
+    assert preset(photo(), preset.size_at(0)).shape == (3, 160, 160)
+
+
+def test_bad_preset_values_fail_naming_them():
+    with pytest.raises(ValueError, match="crop must be one of .* got 'random'"):
+        ImageAugment(crop="random")
+    with pytest.raises(ValueError, match="policy must be one of .* got 'augmix'"):
+        ImageAugment(policy="augmix")
+    with pytest.raises(ValueError, match=r"shorter_side \(200, 300\) must be >= size 224"):
+        ImageAugment(crop="shorter_side", shorter_side=(200, 300))
