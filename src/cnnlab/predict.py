@@ -1,0 +1,155 @@
+"""Classify images with a trained checkpoint: top-5 classes with names and probabilities, optionally drawn into a PNG.
+
+    python -m cnnlab.predict ckpt=runs/<date>/<time>/checkpoints/last.ckpt image=cat.jpg
+    python -m cnnlab.predict ckpt=<path> image=<folder> [save=<folder>] [topk=5] [batch_size=64] [device=cpu]
+    python -m cnnlab.predict ckpt=<path> image=cat.jpg save=cat_top5.png
+
+Images are preprocessed as the checkpoint's run evaluated: its data config (in-memory CIFAR/MNIST: converted to RGB
+or greyscale, resized + center-cropped to data.image_size, MNIST zero-padded; image folders: the eval protocol's
+resize + center crop), normalized with the mean and std stored in the checkpoint (He et al.'s per-pixel mean image
+included). Any other key=value overrides the checkpoint's run config (e.g. data.root=... for cnnlab.visualize).
+"""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image, ImageOps
+from torch import nn
+
+from cnnlab.data import eval_transform
+from cnnlab.data.readers import IMAGE_SUFFIXES
+from cnnlab.transfer import architecture, load_weights
+
+OPTIONS = ("ckpt", "image", "save", "topk", "batch_size", "device")
+
+
+@dataclass
+class Checkpoint:
+    """A trained network with what it needs to read images: the run's config, class names, normalization."""
+
+    model: nn.Module  # in eval mode
+    cfg: DictConfig  # the run config stored in the checkpoint, with any overrides
+    classes: list[str]  # human-readable names where the data module has them (ImageNet), else folder names
+    mean: torch.Tensor  # C x 1 x 1, or C x H x W for a per-pixel mean; 0-1 scale
+    std: torch.Tensor
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """Any PIL image (any size or mode) -> the model's input, float C x H x W."""
+        return eval_transform(self.cfg.data, self.cfg.get("eval"), self.mean, self.std)(img)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model inputs (N x C x H x W) -> displayable 0-1 images."""
+        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """C x H x W of the model's input, as preprocess makes it."""
+        return tuple(self.preprocess(Image.new("RGB", (256, 256))).shape)
+
+
+def load(ckpt: str | Path, overrides: list[str] = (), device: str = "cpu") -> Checkpoint:
+    """A cnnlab checkpoint's network (its run config rebuilt, weights loaded strictly) and preprocessing."""
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at ckpt={path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    run_config = state.get("hyper_parameters", {}).get("run_config")
+    if not run_config or "state_dict" not in state:
+        raise ValueError(f"{path} is not a cnnlab checkpoint: it holds no run_config in its hyper_parameters")
+    cfg = OmegaConf.create(run_config)
+    OmegaConf.set_struct(cfg, True)  # a misspelt override fails, naming the key
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    model = architecture(cfg.model)
+    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    load_weights(model, weights, saved_config=run_config, current_config=OmegaConf.to_container(cfg))
+    data_state = state.get(str(cfg.data._target_).rsplit(".", 1)[-1]) or {}
+    classes = data_state.get("class_names") or data_state.get("classes") or [str(i) for i in
+                                                                                range(cfg.data.num_classes)]
+    mean = torch.as_tensor(data_state.get("mean", cfg.data.get("mean")), dtype=torch.float32)
+    std = torch.as_tensor(data_state.get("std", cfg.data.get("std")), dtype=torch.float32)
+    mean, std = (t.view(-1, 1, 1) if t.ndim == 1 else t for t in (mean, std))
+    return Checkpoint(model.to(device).eval(), cfg, list(classes), mean, std)
+
+
+def read_image(path: Path) -> Image.Image:
+    """The decoded file, turned upright by its EXIF orientation (as the in-memory readers do)."""
+    with Image.open(path) as img:
+        return ImageOps.exif_transpose(img).copy()
+
+
+def image_files(target: str | Path) -> list[Path]:
+    """One image file, or every image in a folder (recursively), sorted."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"image={path} holds no image files ({sorted(IMAGE_SUFFIXES)})")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file or folder at image={path}")
+    return [path]
+
+
+@torch.no_grad()
+def predict(ck: Checkpoint, images: list[Image.Image], topk: int = 5, batch_size: int = 64
+            ) -> list[list[tuple[str, float]]]:
+    """Per image, the top-k (class name, probability) pairs, most probable first."""
+    device = next(ck.model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.stack([ck.preprocess(img) for img in images[i : i + batch_size]]).to(device)
+        probs = ck.model(x).float().softmax(-1)
+        p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+        out += [[(ck.classes[j], float(q)) for q, j in zip(pr, ix.tolist(), strict=True)] for pr, ix in zip(p, idx,
+                                                                                                         strict=True)]
+    return out
+
+
+def draw(img: Image.Image, top: list[tuple[str, float]], out: Path, title: str = "") -> None:
+    """The image beside a bar chart of its top-k classes, as a PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    ax_img, ax_bar = fig.subplots(1, 2, width_ratios=[1, 1.2])
+    ax_img.imshow(img, cmap="gray" if img.mode in ("L", "1", "I", "F") else None, interpolation="nearest"
+                  if max(img.size) < 64 else "antialiased")
+    ax_img.set_axis_off()
+    ax_img.set_title(title, fontsize=8)
+    names, probs = [n for n, _ in top][::-1], [p for _, p in top][::-1]
+    bars = ax_bar.barh(range(len(top)), probs, color=["#bbb"] * (len(top) - 1) + ["#2a7"])
+    ax_bar.set_yticks(range(len(top)), names)
+    ax_bar.set_xlim(0, 1.2)  # room for the labels of bars near 100%
+    ax_bar.set_xticks([0, 0.25, 0.5, 0.75, 1])
+    ax_bar.set_xlabel("probability")
+    ax_bar.bar_label(bars, labels=[f"{p:.1%}" for p in probs], padding=3, fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+
+
+def main(argv: list[str]) -> None:
+    options = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] in OPTIONS}
+    if "ckpt" not in options or "image" not in options:
+        sys.exit(f"usage: python -m cnnlab.predict ckpt=<checkpoint> image=<file or folder> [save=<png or folder>] "
+                 f"[topk=5] [batch_size=64] [device=cpu] [run-config overrides]; got {' '.join(argv)}")
+    overrides = [a for a in argv if "=" in a and a.split("=", 1)[0] not in OPTIONS]
+    ck = load(options["ckpt"], overrides, options.get("device", "cpu"))
+    files = image_files(options["image"])
+    images = [read_image(f) for f in files]
+    tops = predict(ck, images, int(options.get("topk", 5)), int(options.get("batch_size", 64)))
+    save = Path(options["save"]).expanduser() if "save" in options else None
+    folder = Path(options["image"]).expanduser()
+    for f, img, top in zip(files, images, tops, strict=True):
+        print(f)
+        for rank, (name, p) in enumerate(top, 1):
+            print(f"  {rank}. {name:<30} {p:7.2%}")
+        if save is not None:  # one PNG, or for a folder one per image under save/, mirroring its subfolders
+            png = save / f.relative_to(folder).with_suffix(".png") if folder.is_dir() else save
+            png = png if png.suffix.lower() == ".png" else png / f"{f.stem}.png"
+            draw(img.convert("L" if ck.cfg.data.in_channels == 1 else "RGB"), top, png, title=f.name)  # as read
+            print(f"  -> {png}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
