@@ -79,3 +79,20 @@ def constant(
 ) -> Schedule:
     """The base lr throughout, after an optional warmup."""
     return _with_warmup(lambda s: 1.0, _steps(warmup, unit, total_steps, steps_per_epoch), warmup_mode, warmup_start)
+
+
+def triangular(
+    total_steps: int,
+    steps_per_epoch: int,
+    peak: float = 0.23,
+    start: float = 0.2,
+    end: float = 0.07,
+    unit: str = "fraction",
+) -> Schedule:
+    """Linear from `start` up to 1 at `peak`, then linear down to `end` at the last step: Page's one-cycle ResNet-9
+    schedule (0 -> peak at epoch 5 of 24 -> 0) and airbench94's (0.2 -> 1 at 23% -> 0.07, Jordan 2024)."""
+    top = _steps(peak, unit, total_steps, steps_per_epoch)
+    last = _steps(1, "fraction", total_steps, steps_per_epoch)
+    if not 0 < top < last:
+        raise ValueError(f"peak must fall inside the run (step {top} of {last}), got peak={peak} {unit}")
+    return lambda s: start + (1 - start) * s / top if s < top else 1 + (end - 1) * min(1.0, (s - top) / (last - top))

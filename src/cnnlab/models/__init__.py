@@ -2,6 +2,7 @@
 
 from cnnlab.models.alexnet import AlexNet
 from cnnlab.models.densenet import DenseNet
+from cnnlab.models.fastnet import FastNet
 from cnnlab.models.fractalnet import FractalNet
 from cnnlab.models.googlenet import GoogLeNet
 from cnnlab.models.inception_v3 import InceptionV3
@@ -10,4 +11,4 @@ from cnnlab.models.nin import NIN
 from cnnlab.models.resnet import ResNet
 from cnnlab.models.vgg import VGG
 
-__all__ = ["AlexNet", "DenseNet", "FractalNet", "GoogLeNet", "InceptionV3", "LeNet5", "NIN", "ResNet", "VGG"]
+__all__ = ["AlexNet", "DenseNet", "FastNet", "FractalNet", "GoogLeNet", "InceptionV3", "LeNet5", "NIN", "ResNet", "VGG"]
