@@ -134,3 +134,9 @@ def test_finetune_experiments_compose(tmp_path):
     assert cfg.data.num_classes == 10 and cfg.data.root.endswith("imagenette2-224")
     cfg = compose_run(["experiment=finetune_cifar10"], tmp_path / "b")
     assert cfg.model.pretrained and cfg.model.stem == "imagenet" and cfg.data.dataset == "cifar10"
+
+
+def test_frozen_bn_statistics_refuse_sync_batchnorm(pretrained, tmp_path):
+    """SyncBN conversion would replace the frozen BN layers (and their hooks): fail before training, saying so."""
+    with pytest.raises(ValueError, match="sync_batchnorm=true cannot keep frozen BN"):
+        fine_tune(pretrained, tmp_path, "transfer=linear_probe", "trainer.sync_batchnorm=true")

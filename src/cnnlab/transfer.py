@@ -206,6 +206,10 @@ def build_model(cfg: DictConfig) -> nn.Module:
         if strategy.changes_training:
             raise ValueError(f"transfer={strategy.__dict__} needs model.pretrained=<checkpoint or torchvision weights>")
         return model
+    freezes_bn = strategy.freeze_bn or strategy.train_stages is not None
+    if freezes_bn and (cfg.get("trainer") or {}).get("sync_batchnorm"):  # SyncBN conversion would drop the BN hooks
+        raise ValueError("trainer.sync_batchnorm=true cannot keep frozen BN statistics frozen: set it false, or use "
+                         "transfer=full with transfer.freeze_bn=false")
     head = head_keys(cfg.model)
     state, saved_config = load_state(source)
     own = model.state_dict()
