@@ -1,12 +1,13 @@
 """Every config composes and instantiates; bad keys, options and values fail with a message naming them."""
 
+import importlib.util
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import CONF, ROOT, compose_run, config_names
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 
 from cnnlab.transfer import architecture
@@ -37,6 +38,10 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
         elif group == "module":
             module = instantiate(cfg.module, model=torch.nn.Linear(2, 10), optimizer=None, schedule=None)
             assert module.hparams.num_classes == 10
+        elif group == "data" and name.endswith("_ffcv") and importlib.util.find_spec("ffcv") is None:
+            hint = r"FFCV is not installed.*apt-get install -y libturbojpeg0-dev .* pip install -e '.\[ffcv\]'"
+            with pytest.raises(InstantiationException, match=hint):  # without the optional extra: the install hint
+                instantiate(cfg.data)
         elif group == "model" and name == "resnet1202":
             continue  # 19M parameters: counted in test_models with the others
         else:
