@@ -51,11 +51,16 @@ def evaluate_alone(ckpt: Path, run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())["test"]
 
 
-def assert_one_run_dir(run_dir: Path, cwd: Path) -> None:
+def hydra_dirs(cwd: Path) -> set[Path]:
+    return set(cwd.glob("runs/*/*")) | set(cwd.glob("outputs/*/*"))
+
+
+def assert_one_run_dir(run_dir: Path, cwd: Path, before: set[Path] = frozenset()) -> None:
+    """Finished, one CSV version, one log; no other Hydra run directory appeared under cwd (none per rank)."""
     assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
     assert [p.name for p in run_dir.glob("csv/version_*")] == ["version_0"]
     assert (run_dir / "train.log").read_text().count("run directory:") == 1  # rank 1 logs to stderr only
-    assert not (cwd / "runs").exists() and not (cwd / "outputs").exists()  # no per-rank Hydra directories
+    assert hydra_dirs(cwd) == before
 
 
 def test_ddp_on_two_processes_counts_every_image_once(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
-from test_distributed import TINY, assert_one_run_dir, evaluate_alone, last_epoch_metric
+from test_distributed import TINY, assert_one_run_dir, evaluate_alone, hydra_dirs, last_epoch_metric
 
 pytestmark = pytest.mark.slurm
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}  # the jobs run this interpreter
@@ -62,13 +62,13 @@ def wait_done(job: str, timeout: float = 400) -> None:
 def test_two_node_ddp_via_sbatch(slurm_cluster, tmp_path):
     """sbatch --nodes=2: ranks on n1 and n2 over gloo; one run directory; its validation metrics equal a 1-process
     evaluation of the same weights (65 images split 33/32, none counted twice)."""
-    run = tmp_path / "run"
+    run, before = tmp_path / "run", hydra_dirs(ROOT)
     job = sbatch(["--nodes=2", "--ntasks-per-node=1"], [*TINY, "trainer.max_epochs=2", f"hydra.run.dir={run}"],
                  tmp_path)
     wait_done(job)
     log = (run / "slurm.log").read_text()
     assert "on n[1-2]" in log and "trainer.num_nodes=2" in log
-    assert_one_run_dir(run, ROOT)
+    assert_one_run_dir(run, ROOT, before)
     one = evaluate_alone(run / "checkpoints" / "last.ckpt", tmp_path / "one")
     assert last_epoch_metric(run, "val/err1") == pytest.approx(one["test/err1"], abs=1e-6)
     assert json.loads((run / "results.json").read_text())["test"]["test/loss"] == pytest.approx(one["test/loss"])
