@@ -3,13 +3,16 @@ and its descendants: torchvision's one-GPU "one weird trick" net (Krizhevsky 201
 (Zeiler & Fergus 2014, arXiv 1311.2901, Fig. 3).
 
 Parameter names follow torchvision's `models/alexnet.py` (features.N, avgpool, classifier.N), so torchvision's
-state dict loads with strict=True into the same widths without LRN and groups (conf/model/alexnet_owt.yaml).
+state dict loads with strict=True into the same widths without LRN and groups, with dropout on the inputs of fc6/fc7
+as torchvision places it (conf/model/alexnet_owt.yaml).
 """
 
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+DROPOUT_ON = ("outputs", "inputs")
 
 
 def local_response_norm() -> nn.LocalResponseNorm:
@@ -32,6 +35,7 @@ class AlexNet(nn.Module):
         ceil_mode: bool = False,
         hidden: int = 4096,
         dropout: float = 0.5,
+        dropout_on: str = "outputs",
         num_classes: int = 1000,
         in_channels: int = 3,
     ) -> None:
@@ -44,7 +48,10 @@ class AlexNet(nn.Module):
             lrn: local response normalization after the ReLUs of conv1 and conv2 (paper 3.3; ZFNet keeps it).
             ceil_mode: round pooled sizes up as Caffe does; ZFNet needs it for its 110-55-26-13-6 maps.
             hidden: width of fc6 and fc7.
-            dropout: on the inputs of fc6 and fc7 (paper 4.2: 0.5 "in the first two fully-connected layers").
+            dropout: rate in fc6 and fc7 (paper 4.2: 0.5 "in the first two fully-connected layers").
+            dropout_on: "outputs" zeroes the outputs of fc6 and fc7 as the paper (4.2: "setting to zero the output of
+                each hidden neuron"); "inputs" drops the inputs of fc6 and fc7 as torchvision (its state dicts have
+                fc6, fc7, fc8 at classifier.1, .4, .6; "outputs" puts them at classifier.0, .3, .6).
         """
         super().__init__()
         per_conv = {"widths": widths, "kernel_sizes": kernel_sizes, "strides": strides, "paddings": paddings,
@@ -57,6 +64,8 @@ class AlexNet(nn.Module):
                 raise ValueError(f"groups={g} must divide {cin} input and {cout} output channels")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if dropout_on not in DROPOUT_ON:
+            raise ValueError(f"dropout_on must be one of {DROPOUT_ON}, got {dropout_on!r}")
 
         layers: list[nn.Module] = []
         cin = in_channels
@@ -70,11 +79,19 @@ class AlexNet(nn.Module):
         self.features = nn.Sequential(*layers)  # 224x224 input: N x widths[4] x 6 x 6
         # torchvision's adaptive pool: 6x6 at 224 (or 227) input; smaller inputs still reach the classifier.
         self.avgpool = nn.AdaptiveAvgPool2d(6)
-        self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(cin * 6 * 6, hidden), nn.ReLU(inplace=True),  # fc6
-            nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),  # fc7
-            nn.Linear(hidden, num_classes),  # fc8
-        )
+        fc6, fc7, fc8 = nn.Linear(cin * 6 * 6, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, num_classes)
+        if dropout_on == "outputs":
+            self.classifier = nn.Sequential(
+                fc6, nn.ReLU(inplace=True), nn.Dropout(dropout),
+                fc7, nn.ReLU(inplace=True), nn.Dropout(dropout),
+                fc8,
+            )
+        else:
+            self.classifier = nn.Sequential(
+                nn.Dropout(dropout), fc6, nn.ReLU(inplace=True),
+                nn.Dropout(dropout), fc7, nn.ReLU(inplace=True),
+                fc8,
+            )
         self._init_weights()
 
     def _init_weights(self) -> None:

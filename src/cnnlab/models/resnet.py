@@ -47,11 +47,13 @@ class ResNet(nn.Module):
             widths: planes per stage (the 3x3 width of a basic block; a bottleneck outputs 4x this).
             block: "basic" (two 3x3) or "bottleneck" (1x1-3x3-1x1).
             stem: "cifar" (3x3 conv, no pooling; paper 4.2) or "imagenet" (7x7/2 conv + 3x3/2 max-pool; Table 1).
-            shortcut: "A" zero-padded identity (no parameters) or "B" 1x1 projection where shapes change (paper 3.3).
+            shortcut: "A" zero-padded identity (no parameters) or "B" 1x1 projection where shapes change (paper 3.3);
+                both work with either stem (Table 2's ImageNet ResNet-18/34 are option A).
             residual: False builds the plain twin: the same layers without any shortcut.
             groups, width_per_group: ResNeXt cardinality C and bottleneck width d ("32x4d"); 1, 64 is ResNet.
                 Wide ResNet-50-2 is width_per_group=128 (torchvision's wide_resnet50_2).
-            stride_in_1x1: put the stride on the first 1x1 as the paper ("v1"); torchvision strides the 3x3 ("v1.5").
+            stride_in_1x1: put the stride on the first 1x1 of a bottleneck as the paper ("v1": ResNet-50 3.86 GMACs);
+                torchvision and fb.resnet.torch stride the 3x3 ("v1.5": 4.09 GMACs).
             zero_init_residual: start each residual branch at zero (Goyal et al. 2017): the last BN's gamma, or the
                 last conv of a pre-activation block; off in the paper.
             preact: BN-ReLU-conv blocks with a clean identity path and a final BN-ReLU (He et al. 2016b); the stem is
@@ -73,6 +75,8 @@ class ResNet(nn.Module):
             raise ValueError(f"depths must be positive, one per stage of widths={list(widths)}, got {list(depths)}")
         if block == "basic" and (groups != 1 or width_per_group != 64):
             raise ValueError(f"groups/width_per_group need block='bottleneck', got {groups}x{width_per_group}d")
+        if block == "basic" and stride_in_1x1:
+            raise ValueError(f"stride_in_1x1 needs block='bottleneck' (a basic block has no 1x1), got {stride_in_1x1}")
         if se_reduction is not None and se_reduction < 1:
             raise ValueError(f"se_reduction must be a positive ratio or None, got {se_reduction}")
         if not 0.0 <= stochastic_depth < 1.0 or (stochastic_depth and not residual):
