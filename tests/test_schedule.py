@@ -35,3 +35,58 @@ def test_bad_settings_are_named():
         constant(100, 10, warmup=5, warmup_mode="cosine")
     with pytest.raises(ValueError, match="max_epochs or trainer.max_steps"):
         multistep(float("inf"), 10, milestones=[0.5], unit="fraction")
+
+
+# --------------------------------------------------------------------------- ResNet-110's warm-up (cnnlab.warmup)
+def _lr_and_end(run_dir) -> tuple[list[float], list[float]]:
+    """The lr of every optimizer step (LearningRateMonitor's lr-SGD) and the logged warmup/end_step values."""
+    import csv
+
+    with next(run_dir.glob("csv/version_*/metrics.csv")).open() as f:
+        rows = list(csv.DictReader(f))
+    lrs = {int(r["step"]): float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")}
+    return [lrs[s] for s in sorted(lrs)], sorted({float(r["warmup/end_step"]) for r in rows if r.get("warmup/end_step")})
+
+
+def _warmup_run(tmp_path, *overrides: str):
+    """experiment=he2016_cifar110 for 6 steps of 16 synthetic images on ResNet-20, lr constant after the warm-up."""
+    from conftest import run_train
+
+    run_train(["experiment=he2016_cifar110", "model=resnet20", "data=synthetic", "data.synthetic_size=[96,32]",
+               "data.val_split=32", "data.batch_size=16", "module.reference_batch=16", "schedule.milestones=[1000]",
+               "trainer.max_steps=6", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1",
+               "trainer.limit_val_batches=1", "callbacks.progress_bar.refresh_rate=0", *overrides], tmp_path)
+    return _lr_and_end(tmp_path)
+
+
+def test_warmup_ends_when_the_running_training_error_drops_below_the_threshold(tmp_path):
+    # An untrained 10-way net misclassifies about 90%: a threshold of 99% is met as soon as the 2-batch window is
+    # full (after step 2), one of 1% never within 6 steps; the lr is 0.01 during the warm-up, 0.1 after.
+    lrs, end = _warmup_run(tmp_path / "met", "callbacks.warmup.below=0.99", "callbacks.warmup.window=2")
+    assert end == [2.0]
+    assert lrs == pytest.approx([0.01, 0.01, 0.1, 0.1, 0.1, 0.1])
+    lrs, end = _warmup_run(tmp_path / "unmet", "callbacks.warmup.below=0.01", "callbacks.warmup.window=2")
+    assert end == [] and lrs == pytest.approx([0.01] * 6)
+
+
+def test_warmup_fixed_form_ends_at_max_steps_as_the_schedules_constant_warmup(tmp_path):
+    lrs, end = _warmup_run(tmp_path / "cb", "callbacks.warmup.below=null", "callbacks.warmup.max_steps=3")
+    assert end == [3.0] and lrs == pytest.approx([0.01, 0.01, 0.01, 0.1, 0.1, 0.1])
+    # the same numbers from conf/schedule's fixed warm-up, without the callback
+    lrs, _ = _warmup_run(tmp_path / "sched", "~callbacks.warmup", "schedule.warmup=3", "schedule.warmup_mode=constant",
+                         "schedule.warmup_start=0.1")
+    assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.1, 0.1, 0.1])
+
+
+def test_warmup_state_survives_a_checkpoint_and_bad_settings_are_named():
+    from cnnlab.warmup import WarmupUntilError
+
+    cb = WarmupUntilError(below=0.8, window=3)
+    cb.ended_at, cb._errors = 412, cb._errors.__class__([(90.0, 128.0)], maxlen=3)
+    restored = WarmupUntilError(below=0.8, window=3)
+    restored.load_state_dict(cb.state_dict())
+    assert restored.ended_at == 412 and not restored.warming and list(restored._errors) == [(90.0, 128.0)]
+    for kw, match in ((dict(factor=0), "factor"), (dict(below=1.5), "below"), (dict(window=0), "window"),
+                      (dict(below=None), "needs max_steps")):
+        with pytest.raises(ValueError, match=match):
+            WarmupUntilError(**kw)
