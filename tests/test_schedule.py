@@ -45,7 +45,8 @@ def _lr_and_end(run_dir) -> tuple[list[float], list[float]]:
     with next(run_dir.glob("csv/version_*/metrics.csv")).open() as f:
         rows = list(csv.DictReader(f))
     lrs = {int(r["step"]): float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")}
-    return [lrs[s] for s in sorted(lrs)], sorted({float(r["warmup/end_step"]) for r in rows if r.get("warmup/end_step")})
+    ends = {float(r["warmup/end_step"]) for r in rows if r.get("warmup/end_step")}
+    return [lrs[s] for s in sorted(lrs)], sorted(ends)
 
 
 def _warmup_run(tmp_path, *overrides: str):
