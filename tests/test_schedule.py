@@ -28,11 +28,19 @@ def test_warmup_linear_and_constant():
     assert constant(10, 1)(7) == 1
 
 
+def test_multistep_with_factors_is_lecuns_piecewise_constant_schedule():
+    f = multistep(20, 1, milestones=[2, 5, 8, 12], unit="epoch", factors=[0.4, 0.2, 0.1, 0.02])
+    assert [0.0005 * f(s) for s in (0, 1, 2, 4, 5, 7, 8, 11, 12, 19)] == pytest.approx(
+        [5e-4, 5e-4, 2e-4, 2e-4, 1e-4, 1e-4, 5e-5, 5e-5, 1e-5, 1e-5])  # LeCun et al. 1998, II.C
+
+
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="'iters'"):
         multistep(100, 10, milestones=[1], unit="iters")
     with pytest.raises(ValueError, match="'cosine'"):
         constant(100, 10, warmup=5, warmup_mode="cosine")
+    with pytest.raises(ValueError, match=r"one value per milestone \[2, 5\], got \[0.4\]"):
+        multistep(20, 1, milestones=[2, 5], factors=[0.4])
     with pytest.raises(ValueError, match="max_epochs or trainer.max_steps"):
         multistep(float("inf"), 10, milestones=[0.5], unit="fraction")
 

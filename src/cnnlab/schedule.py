@@ -46,10 +46,18 @@ def multistep(
     warmup: float = 0,
     warmup_mode: str = "linear",
     warmup_start: float = 0.0,
+    factors: Sequence[float] | None = None,
 ) -> Schedule:
-    """The factor is multiplied by `gamma` at each milestone."""
+    """The factor is multiplied by `gamma` at each milestone, or, with `factors`, set to factors[i] from milestone i on
+    (LeCun et al. 1998, II.C: 0.0005 -> 0.0002 -> 0.0001 -> 0.00005 -> 0.00001 is factors [0.4, 0.2, 0.1, 0.02])."""
     bounds = sorted(_steps(m, unit, total_steps, steps_per_epoch) for m in milestones)
-    return _with_warmup(lambda s: gamma ** bisect_right(bounds, s), _steps(warmup, unit, total_steps, steps_per_epoch),
+    if factors is None:
+        levels = [gamma**i for i in range(len(bounds) + 1)]
+    elif len(factors) != len(bounds):
+        raise ValueError(f"factors needs one value per milestone {list(milestones)}, got {list(factors)}")
+    else:
+        levels = [1.0, *factors]
+    return _with_warmup(lambda s: levels[bisect_right(bounds, s)], _steps(warmup, unit, total_steps, steps_per_epoch),
                         warmup_mode, warmup_start)
 
 
