@@ -33,7 +33,9 @@ SWEEPS = [n for n in config_names("experiment") if is_sweep(n)]
 
 def multirun(args: list[str], sweep_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
     """`python train.py -m <args>` into sweep_dir, as a user runs it (conftest is importable, for InterruptAt)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests"), "WANDB_SILENT": "true"}
+    # this checkout's src/ first: an editable install of another checkout must not answer for it
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "WANDB_SILENT": "true"}
     proc = subprocess.run([sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT,
                           env=env, capture_output=True, text=True)
     if check and proc.returncode:
