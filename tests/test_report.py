@@ -103,3 +103,23 @@ def test_resnext_table3_and_ilsvrc_table_from_a_real_sweep(tmp_path):
     assert [r["model"] for r in evaluated] == ["resnext50_32x4d"]
     top1, top5 = map(float, evaluated[0]["ours flip top-1/top-5 %"].split("/"))
     assert 0 <= top5 <= top1 <= 100
+
+
+def test_recipes_table_and_ilsvrc_row_of_the_shortcut_option_from_real_runs(tmp_path):
+    multirun(["experiment=lecun1998_mnist,ilsvrc_resnet18", "data=synthetic", "data.synthetic_size=[16,8]",
+              "data.batch_size=8", "data.eval_batch_size=8", "module.reference_batch=8", "trainer.max_epochs=1",
+              "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0"], tmp_path / "sweep")
+    report([tmp_path / "sweep"], tmp_path / "out")
+    recipes = {r["model"]: r for r in rows(tmp_path / "out" / "recipes.csv")}
+    assert list(recipes) == ["lenet5"]
+    lenet = recipes["lenet5"]
+    # the model the run built: 3 input channels on the synthetic RGB images (61,706 on MNIST's 1)
+    assert (lenet["recipe"], lenet["data"], lenet["params"], lenet["n"]) == ("lecun1998_mnist", "synthetic", "62,006",
+                                                                             "1")
+    assert lenet["paper test err %"] == "0.95 (mnist)" and "LeCun et al. 1998" in lenet["paper row"]
+    assert lenet["test err %"] == f"{run_err1(tmp_path / 'sweep' / '0'):.2f}"
+    ilsvrc = {r["model"]: r for r in rows(tmp_path / "out" / "ilsvrc.csv")}
+    resnet18 = ilsvrc["resnet18"]  # ilsvrc_resnet18 builds option A: Table 2's row, no torchvision (option B) weights
+    assert (resnet18["params"], resnet18["paper 10-crop"], resnet18["torchvision 1-crop"]) == ("11,515,688",
+                                                                                              "27.88/—", "—")
+    assert "Table 2, 'ResNet 18 layers', option A (10-crop)" in resnet18["paper row"]
