@@ -85,11 +85,11 @@ def load(name: str, overrides: list[str]) -> tuple[DictConfig, int]:
     return cfg, size
 
 
-def build(cfg: DictConfig, size: int) -> tuple[nn.Module, torch.Tensor]:
-    """The model of cfg.model and one input image, on the meta device."""
+def build(cfg: DictConfig, size: int, device: str = "meta") -> tuple[nn.Module, torch.Tensor]:
+    """The model of cfg.model and one input image; on the meta device: no memory, no compute."""
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     kwargs.pop("pretrained", None)  # a loading instruction, not an argument of the class (conf/transfer)
-    with torch.device("meta"):
+    with torch.device(device):
         model = instantiate(kwargs).eval()
         x = torch.empty(1, cfg.data.in_channels, size, size)
     return model, x
@@ -155,11 +155,12 @@ def measure(name: str, data: str, input_size: int) -> dict:
             "gmacs": counter.get_total_flops() / 2 / 1e9}
 
 
-def remeasure(record: dict[str, dict]) -> dict[str, dict]:
-    """Every conf/model/*.yaml measured at its record entry's conditions; fails on a config without an entry."""
-    names = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+def remeasure(record: dict[str, dict], names: list[str] | None = None) -> dict[str, dict]:
+    """Every conf/model/*.yaml (or those named) measured at its record entry's conditions; fails on a config without
+    an entry."""
+    names = names or sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
     if missing := [n for n in names if n not in record]:
-        raise SystemExit(f"{', '.join(missing)}: no entry in {RECORD}. Add a line per config with its conditions, "
+        raise ValueError(f"{', '.join(missing)}: no entry in {RECORD}. Add a line per config with its conditions, "
                          'e.g. "name": {"data": "imagenet", "input_size": 224, "paper": null}, and rerun')
     return {n: {k: record[n][k] for k in CONDITIONS} | measure(n, record[n]["data"], record[n]["input_size"])
             for n in names}
