@@ -196,8 +196,9 @@ def markdown(record: dict[str, dict]) -> str:
         paper = e["paper"] or {}
         source = paper.get("source", "") + (f" ({paper['note']})" if paper.get("note") else "")
         gmacs = "" if paper.get("gmacs") is None else f"{paper['gmacs']:g}"
+        ours = f"{e['gmacs']:.3f}" if e["gmacs"] >= 0.01 else f"{e['gmacs']:.2g}"  # LeNet-5: 0.00042
         lines.append(f"| {name} | {e['in_channels']}x{e['input_size']}x{e['input_size']} | {e['num_classes']} "
-                     f"({e['data']}) | {e['params']:,} | {e['aux_params']:,} | {e['gmacs']:.3f} | "
+                     f"({e['data']}) | {e['params']:,} | {e['aux_params']:,} | {ours} | "
                      f"{count(paper.get('params'))} | {gmacs} | {source} |")
     return "\n".join(lines) + "\n"
 
