@@ -189,6 +189,11 @@ def markdown(record: dict[str, dict]) -> str:
         "- **paper params / paper GMACs**: the published figures, as the source states them (rounded); empty where",
         "  the paper gives none. A note says why ours differ where they differ by more than 5%.",
         "",
+        "A new `conf/model/<name>.yaml` fails `tests/test_zoo.py` until it has a record entry: add a line",
+        '`"<name>": {"data": "imagenet", "input_size": 224, "paper": null}` to `conf/zoo.json` (the data config and',
+        "input side its paper uses; `paper` as the other entries, with `params`, `gmacs`, `source` and an optional",
+        "`note`), then run `python -m cnnlab.summary --zoo --json`. Per layer: `python -m cnnlab.summary model=<name>`",
+        "",
         "| model | input | classes | params | aux params | GMACs | paper params | paper GMACs | source |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
