@@ -100,6 +100,8 @@ def test_list_values_and_typos_speak_hydras_grammar(monkeypatch, capsys, tmp_pat
     assert code == 1 and "input_sise" in err
     code, _, err = cli(monkeypatch, capsys, tmp_path, "model=resnet2O")
     assert code == 1 and "resnet2O" in err
+    code, _, err = cli(monkeypatch, capsys, tmp_path, "--json")
+    assert code == 1 and "give it with zoo=true" in err
 
 
 def test_help_lists_the_keys(monkeypatch, capsys, tmp_path) -> None:

@@ -210,6 +210,8 @@ def markdown(record: dict[str, dict]) -> str:
 
 @hydra.main(config_path=str(CONF), config_name="summary", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    if cfg.json and not cfg.zoo:
+        raise ValueError("json=true (--json) writes the zoo record: give it with zoo=true (--zoo)")
     if cfg.zoo:
         if cfg.json:
             write_record(remeasure(read_record()))
