@@ -1,94 +1,102 @@
-"""Model sizes equal the papers' (REFERENCE.md section 1); forward shapes; bad arguments fail at construction."""
+"""Behaviour of the non-ResNet families: forward shapes, a training step, GoogLeNet's auxiliary outputs, torchvision
+state dicts, FractalNet's drop-path, bad arguments failing at construction. Their sizes are pinned in one place,
+conf/zoo.json (tests/test_zoo.py); the ResNet family's behaviour is in tests/test_resnet_family.py."""
 
 import pytest
 import torch
 import torchvision
-from conftest import compose_run
-from torch.utils.flop_counter import FlopCounterMode
+from torch import nn
 
-from cnnlab.models import LeNet5, ResNet
-from cnnlab.transfer import architecture
+from cnnlab import summary as S
+from cnnlab.models import VGG, AlexNet, DenseNet, FractalNet, GoogLeNet, LeNet5
 
-# He et al. 2016 CIFAR ResNets with option A shortcuts; the plain twins have the same count.
-CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
-CIFAR_MMACS = {20: 40.55, 56: 125.49, 110: 252.89}
+torch.set_num_threads(1)
 
 
-def params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
+def build(name: str, *overrides: str) -> nn.Module:
+    """Model `name` with its paper's channels and classes (conf/zoo.json), initialized on the CPU."""
+    cfg, size = S.load(name, list(overrides))
+    return S.build(cfg, size, "cpu")[0]
 
 
-def macs(m: torch.nn.Module, x: torch.Tensor) -> float:
-    with FlopCounterMode(display=False) as counter:
-        m.eval()(x)
-    return counter.get_total_flops() / 2
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("depth", sorted(CIFAR_PARAMS))
-def test_cifar_resnet_and_plain_configs_match_the_paper(depth, tmp_path):
-    names = [f"resnet{depth}"] + ([f"plain{depth}"] if depth <= 110 else [])
-    for name in names:
-        with torch.device("meta"):
-            model = architecture(compose_run([f"model={name}", "data=synthetic"], tmp_path).model)
-        assert params(model) == CIFAR_PARAMS[depth], name
-        assert model.residual == name.startswith("resnet")
-
-
-@pytest.mark.parametrize("depth", sorted(CIFAR_MMACS))
-def test_cifar_resnet_macs(depth):
-    n = (depth - 2) // 6
-    model = ResNet([n] * 3, [16, 32, 64], stem="cifar", shortcut="A", num_classes=10)
-    assert macs(model, torch.zeros(1, 3, 32, 32)) / 1e6 == pytest.approx(CIFAR_MMACS[depth], abs=0.01)
-
-
-@pytest.mark.parametrize("residual", [True, False])
-def test_resnet20_forward_backward(residual):
-    model = ResNet([3, 3, 3], [16, 32, 64], stem="cifar", shortcut="A", num_classes=10, residual=residual)
-    out = model(torch.randn(4, 3, 32, 32))
-    assert out.shape == (4, 10)
-    out.sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
-
-
-def test_option_b_projects_only_where_shapes_change():
-    a = ResNet([3, 3, 3], [16, 32, 64], stem="cifar", shortcut="A", num_classes=10)
-    b = ResNet([3, 3, 3], [16, 32, 64], stem="cifar", shortcut="B", num_classes=10)
-    # two 1x1 projections (16->32, 32->64) with their BN: 16*32 + 2*32 + 32*64 + 2*64
-    assert params(b) - params(a) == 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64
-    assert b(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-
-
-def test_option_a_shortcut_is_zero_padded_identity():
-    model = ResNet([1, 1], [4, 8], stem="cifar", shortcut="A", num_classes=2)
-    x = torch.randn(1, 4, 8, 8)
-    y = model.layer2[0].downsample(x)
-    assert y.shape == (1, 8, 4, 4)
-    assert torch.equal(y[:, :4], x[:, :, ::2, ::2]) and not y[:, 4:].any()
-
-
-@pytest.mark.parametrize(("name", "depths", "block"), [("resnet18", [2, 2, 2, 2], "basic"),
-                                                       ("resnet50", [3, 4, 6, 3], "bottleneck")])
-def test_imagenet_layout_loads_torchvision_weights_strictly(name, depths, block):
-    reference = getattr(torchvision.models, name)()
-    model = ResNet(depths, block=block)
-    model.load_state_dict(reference.state_dict(), strict=True)
-    x = torch.randn(1, 3, 64, 64)
-    assert torch.allclose(model.eval()(x), reference.eval()(x), atol=1e-5)
-
-
-def test_lenet5():
+def test_lenet5_takes_32x32_digits_and_its_modern_variant_adds_no_weights() -> None:
     model = LeNet5()
-    assert params(model) == 61_706  # C1 156 + C3 2,416 + C5 48,120 + F6 10,164 + output 850
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
-    assert params(LeNet5(activation="relu", pool="max")) == 61_706
+    assert count(LeNet5(activation="relu", pool="max")) == count(model)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"depths": [3, 3, 3], "widths": [16, 32, 64], "shortcut": "C"}, "shortcut must be one of .* got 'C'"),
-    ({"depths": [3, 3], "widths": [16, 32, 64]}, r"got \[3, 3\]"),
-    ({"depths": [3, 3, 3], "widths": [16, 32, 64], "block": "wide"}, "got 'wide'"),
-    ({"depths": [3, 3, 3], "widths": [16, 32, 64], "groups": 32}, "32x64d"),
+@pytest.mark.parametrize("name", ["lenet5_relu", "vgg_cifar", "nin", "densenet_bc100", "fractalnet"])
+def test_small_model_train_step(name: str) -> None:
+    torch.manual_seed(0)
+    cfg, size = S.load(name, [])
+    model = S.build(cfg, size, "cpu")[0]
+    x, y = torch.randn(2, cfg.data.in_channels, size, size), torch.tensor([0, 1])
+    loss = nn.functional.cross_entropy(model.train()(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    if name != "fractalnet":  # global drop-path may train a single column (see the test below)
+        assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 10)
+
+
+def test_googlenet_aux_outputs_train_vs_eval() -> None:
+    """Training returns (logits, aux1, aux2) for the module's 0.3-weighted aux losses; eval returns logits only."""
+    torch.manual_seed(0)
+    model = GoogLeNet(num_classes=10)
+    x = torch.randn(2, 3, 224, 224)
+    out = model.train()(x)
+    assert isinstance(out, tuple) and len(out) == 3 and all(o.shape == (2, 10) for o in out)
+    sum(o.sum() for o in out).backward()
+    assert model.aux1.fc2.weight.grad is not None and model.aux2.fc2.weight.grad is not None
+    with torch.no_grad():
+        out = model.eval()(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+    assert isinstance(GoogLeNet(aux_logits=False, num_classes=10).train()(x), torch.Tensor)
+
+
+@pytest.mark.parametrize(("name", "tv_name", "size"), [
+    ("alexnet_owt", "alexnet", 64), ("vgg16", "vgg16", 32), ("vgg16_bn", "vgg16_bn", 32),
+    ("densenet121", "densenet121", 32), ("inception_v3", "inception_v3", 75)])
+def test_torchvision_state_dict_loads_strictly(name: str, tv_name: str, size: int) -> None:
+    torch.manual_seed(0)
+    ours = build(name).eval()
+    kw = {"init_weights": False} if tv_name == "inception_v3" else {}
+    with torch.device("meta"):  # skip torchvision's slow init: its weights come from ours
+        theirs = getattr(torchvision.models, tv_name)(**kw)
+    theirs = theirs.to_empty(device="cpu").eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():  # same weights, same function: the layer order matches too
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_fractalnet_global_drop_path_trains_one_column() -> None:
+    torch.manual_seed(0)
+    model = FractalNet(columns=3, channels=[8, 8], dropout=[0.0, 0.0], drop_path=0.0, global_drop_ratio=1.0)
+    model.train()(torch.randn(2, 3, 32, 32)).sum().backward()
+    trained = {j for b in model.blocks for j, col in enumerate(b.columns) if col[0][0].weight.grad is not None}
+    assert len(trained) == 1  # the same single column in every block
+    model.zero_grad(set_to_none=True)
+    model.global_drop_ratio = 0.0  # local drop-path at rate 0: every column trains
+    model.train()(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(col[0][0].weight.grad is not None for b in model.blocks for col in b.columns)
+
+
+@pytest.mark.parametrize(("factory", "match"), [
+    (lambda: VGG([64, "conv5-64", "M"]), "conv5-64"),
+    (lambda: VGG([64, "M"], pool_size=4), "pool_size"),
+    (lambda: AlexNet(widths=(64, 192, 384, 256)), r"\[64, 192, 384, 256\]"),
+    (lambda: AlexNet(widths=(64, 191, 384, 256, 256)), "191"),
+    (lambda: DenseNet(stem="mnist"), "mnist"),
+    (lambda: DenseNet(compression=0.0), "0.0"),
+    (lambda: FractalNet(dropout=[0.1]), r"\[0.1\]"),
 ])
-def test_bad_arguments_fail_at_construction_naming_the_value(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        ResNet(**kwargs)
+def test_bad_arguments_fail_at_construction(factory, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        factory()

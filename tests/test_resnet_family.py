@@ -1,54 +1,27 @@
-"""The ResNet family zoo: ImageNet ResNets, plain twins, ResNeXt, Wide ResNet, pre-activation, SE and stochastic depth.
-Parameter counts and MACs are pinned (REFERENCE.md section 1 and the papers), torchvision state dicts load strictly,
-and each keyword changes the behaviour a user would notice."""
+"""The ResNet family: ImageNet ResNets, plain twins, ResNeXt, Wide ResNet, pre-activation, SE and stochastic depth.
+Each keyword changes the behaviour a user would notice, the shortcuts are the paper's, and torchvision state dicts
+load strictly. Parameter counts and GMACs are pinned in one place, conf/zoo.json (tests/test_zoo.py)."""
 
 import pytest
 import torch
 import torchvision
-from conftest import CONF, compose_run
+from conftest import config_names
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import SqueezeExcitation
 
+from cnnlab import summary as S
 from cnnlab.models import ResNet
-from cnnlab.transfer import architecture
 
 torch.set_num_threads(1)
-
-# 1000 classes at 224x224: (parameters, GMACs or None where nobody publishes one).
-IMAGENET = {
-    "resnet18": (11_689_512, 1.814), "resnet34": (21_797_672, 3.664), "resnet50": (25_557_032, 4.089),
-    "resnet101": (44_549_160, 7.801), "resnet152": (60_192_808, 11.514),
-    "plain18": (11_515_688, None), "plain34": (21_623_848, None),  # minus the 3 projection shortcuts
-    # ResNeXt, Xie et al. 2017 Table 3 (complexity preserved), as REFERENCE.md counts them
-    "resnext50_1x64d": (25_557_032, 4.089), "resnext50_2x40d": (25_425_000, 4.125),
-    "resnext50_4x24d": (25_292_968, 4.160), "resnext50_8x14d": (25_603_016, 4.267),
-    "resnext50_32x4d": (25_028_904, 4.230),
-    "resnext101_1x64d": (44_549_160, 7.801), "resnext101_2x40d": (44_456_296, 7.844),
-    "resnext101_4x24d": (44_363_432, 7.886), "resnext101_8x14d": (45_104_328, 8.077),
-    "resnext101_32x4d": (44_177_704, 7.970),
-    "resnext101_32x8d": (88_791_336, 16.414), "resnext101_64x4d": (83_455_272, 15.460),
-    "wide_resnet50_2": (68_883_240, 11.398), "wide_resnet101_2": (126_886_696, 22.753),
-    "preact_resnet18": (11_687_720, None), "preact_resnet50": (25_549_352, None),
-    "se_resnet50": (28_088_024, None),  # Hu et al. 2018, Table 2: 28.09M
-    "se_resnext50_32x4d": (27_559_896, None),  # Hu et al. 2018, Table 2: 27.56M
-}
-# 10 classes at 32x32.
-CIFAR = {
-    "wrn28_10": 36_479_194,  # Zagoruyko & Komodakis 2016, Table 4: 36.5M
-    "preact_resnet164": 1_703_258,  # He et al. 2016b, Table 2: 1.7M
-    "preact_resnet1001": 10_327_706,  # He et al. 2016b, Table 2: 10.2M
-    "resnet110_sd": 1_727_962,  # = resnet110
-}
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
                "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
-FAMILY = ("resnet", "plain", "resnext", "wide_resnet", "wrn", "preact_resnet", "se_res")
-PINNED_IN_TEST_MODELS = {f"{kind}{d}" for kind in ("resnet", "plain") for d in (20, 32, 44, 56, 110, 1202)}
 
 
-def build(name: str, tmp_path, *overrides: str) -> nn.Module:
-    with torch.device("meta"):
-        return architecture(compose_run([f"model={name}", "data=synthetic", *overrides], tmp_path).model)
+def build(name: str, *overrides: str, device: str = "meta") -> nn.Module:
+    """Model `name` with its paper's channels and classes (conf/zoo.json)."""
+    cfg, size = S.load(name, list(overrides))
+    return S.build(cfg, size, device)[0]
 
 
 def count(model: nn.Module) -> int:
@@ -61,27 +34,16 @@ def gmacs(model: nn.Module, size: int) -> float:
     return counter.get_total_flops() / 2e9
 
 
-def test_every_family_config_is_pinned() -> None:
-    names = {p.stem for p in (CONF / "model").glob("*.yaml") if p.stem.startswith(FAMILY)}
-    other_family = {"resnet9"}  # Page's ResNet-9 is a cnnlab.models.FastNet, pinned in test_speed.py
-    assert names - PINNED_IN_TEST_MODELS - other_family == set(IMAGENET) | set(CIFAR)
-
-
-@pytest.mark.parametrize("name", IMAGENET)
-def test_imagenet_params_and_macs(name: str, tmp_path) -> None:
-    params, published = IMAGENET[name]
-    model = build(name, tmp_path, "data.num_classes=1000")
-    assert count(model) == params
-    macs = gmacs(model, 224)
-    if published is not None:
-        assert macs == pytest.approx(published, abs=0.001)
-
-
-@pytest.mark.parametrize("name", CIFAR)
-def test_cifar_params(name: str, tmp_path) -> None:
-    model = build(name, tmp_path)
-    assert count(model) == CIFAR[name]
-    assert model.eval()(torch.empty(2, 3, 32, 32, device="meta")).shape == (2, 10)
+@pytest.mark.parametrize("name", [n for n in config_names("model") if n.startswith("plain")])
+def test_plain_twins_drop_only_the_shortcuts(name: str) -> None:
+    """He et al. 2016: plain nets are the ResNets without shortcuts; CIFAR option A shortcuts have no parameters,
+    ImageNet ones project (option B) where shapes change."""
+    plain, twin = build(name), build(name.replace("plain", "resnet"))
+    assert not plain.residual and twin.residual
+    shortcuts = [m.downsample for m in twin.modules() if isinstance(getattr(m, "downsample", None), nn.Module)]
+    projections = sum(count(s) for s in shortcuts)
+    assert count(twin) - count(plain) == projections
+    assert (projections == 0) == (S.read_record()[name]["input_size"] == 32)
 
 
 @pytest.mark.parametrize(("depths", "paper"), [([3, 4, 6, 3], 3.8), ([3, 4, 23, 3], 7.6), ([3, 8, 36, 3], 11.3)])
@@ -92,10 +54,10 @@ def test_stride_in_1x1_gives_the_papers_v1_complexity(depths, paper) -> None:
     assert gmacs(model, 224) == pytest.approx(paper, abs=0.06)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d"])
-def test_torchvision_weights_give_torchvision_outputs(name: str, tmp_path) -> None:
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
+def test_torchvision_weights_give_torchvision_outputs(name: str) -> None:
     torch.manual_seed(0)
-    ours = architecture(compose_run([f"model={name}", "data=synthetic", "data.num_classes=1000"], tmp_path).model)
+    ours = build(name, device="cpu")
     with torch.device("meta"):  # skip torchvision's init: its weights come from ours
         theirs = getattr(torchvision.models, name)()
     theirs = theirs.to_empty(device="cpu")
@@ -107,8 +69,8 @@ def test_torchvision_weights_give_torchvision_outputs(name: str, tmp_path) -> No
 
 
 @pytest.mark.parametrize("name", TORCHVISION)
-def test_torchvision_state_dict_keys_and_shapes_match(name: str, tmp_path) -> None:
-    ours = build(name, tmp_path, "data.num_classes=1000")
+def test_torchvision_state_dict_keys_and_shapes_match(name: str) -> None:
+    ours = build(name)
     with torch.device("meta"):
         theirs = getattr(torchvision.models, name)()
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
@@ -138,8 +100,8 @@ def test_stochastic_depth_drops_blocks_in_training_only() -> None:
         assert torch.equal(plain.train()(x), plain.train()(x))  # without it, training mode is deterministic
 
 
-def test_wrn_dropout_between_the_convs(tmp_path) -> None:
-    model = architecture(compose_run(["model=wrn28_10", "data=synthetic"], tmp_path).model)
+def test_wrn_dropout_between_the_convs() -> None:
+    model = build("wrn28_10")
     assert model.conv1.out_channels == 16 and model.layer1[0].conv1.out_channels == 160
     assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.3] * 12
 
@@ -185,7 +147,35 @@ def test_zero_init_residual_makes_identity_blocks_the_identity(block: str, preac
     assert all(c.weight.grad.abs().sum() > 0 for c in last)  # a zeroed preact branch still learns
 
 
+@pytest.mark.parametrize("residual", [True, False])
+def test_resnet20_forward_backward(residual: bool) -> None:
+    model = cifar(depths=[3, 3, 3], shortcut="A", residual=residual)
+    out = model(torch.randn(4, 3, 32, 32))
+    assert out.shape == (4, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_option_b_projects_only_where_shapes_change() -> None:
+    a, b = cifar(depths=[3, 3, 3], shortcut="A"), cifar(depths=[3, 3, 3], shortcut="B")
+    # two 1x1 projections (16->32, 32->64) with their BN: 16*32 + 2*32 + 32*64 + 2*64
+    assert count(b) - count(a) == 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64
+    assert b(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_option_a_shortcut_is_zero_padded_identity() -> None:
+    model = ResNet([1, 1], [4, 8], stem="cifar", shortcut="A", num_classes=2)
+    x = torch.randn(1, 4, 8, 8)
+    y = model.layer2[0].downsample(x)
+    assert y.shape == (1, 8, 4, 4)
+    assert torch.equal(y[:, :4], x[:, :, ::2, ::2]) and not y[:, 4:].any()
+
+
 @pytest.mark.parametrize(("kw", "message"), [
+    ({"shortcut": "C"}, "shortcut must be one of .* got 'C'"),
+    ({"depths": [3, 3]}, r"got \[3, 3\]"),
+    ({"block": "wide"}, "got 'wide'"),
+    ({"groups": 32}, "32x64d"),
     ({"se_reduction": 0}, "se_reduction .* got 0"),
     ({"stochastic_depth": 1.0}, "stochastic_depth .* got 1.0"),
     ({"stochastic_depth": 0.5, "residual": False}, "residual net, got 0.5"),

@@ -77,7 +77,7 @@ def test_resnext_sweep_is_exactly_the_five_table3_settings_at_preserved_complexi
     for i, job in enumerate(sweep_jobs(f"resnext{depth}_ablation", tmp_path / "sweep")):
         cfg = compose_run([f"experiment=resnext{depth}_ablation", *job], tmp_path / str(i))
         cfg.data.num_classes = 1000  # Table 3 is ImageNet: 1000 classes at 224x224, the model built on meta
-        model, x = build(cfg, natural_input(cfg.hydra.runtime.choices.model, cfg.model)[0])
+        model, x = build(cfg, natural_input(cfg.hydra.runtime.choices.model)[0])
         with FlopCounterMode(display=False) as flops:
             model(x)
         settings[(cfg.model.groups, cfg.model.width_per_group)] = flops.get_total_flops() / 2e9

@@ -79,7 +79,7 @@ def _complexity(name: str, model_yaml: str) -> tuple[int, float]:
     from cnnlab.summary import build, natural_input
 
     model_cfg = OmegaConf.create(model_yaml)
-    size, classes, _ = natural_input(name, model_cfg)
+    size, classes, _ = natural_input(name)
     if "num_classes" in model_cfg:
         model_cfg.num_classes = classes
     model, x = build(OmegaConf.create({"model": model_cfg, "data": {"in_channels": model_cfg.get("in_channels", 3)}}),
