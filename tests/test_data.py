@@ -110,8 +110,8 @@ def test_val_split_is_held_out_of_training(tmp_path):
 
 def augment_batch(preset: Augment, x: torch.Tensor, seed: int) -> torch.Tensor:
     """The preset's per-batch stage with mean 0 and std 1/255: its output is the augmented uint8 pixels."""
-    out, _ = preset.batch(x, torch.zeros(len(x), dtype=torch.long), torch.zeros(1, 1, 1), torch.full((1, 1, 1), 1 / 255),
-                          10, torch.Generator().manual_seed(seed))
+    y, mean, std = torch.zeros(len(x), dtype=torch.long), torch.zeros(1, 1, 1), torch.full((1, 1, 1), 1 / 255)
+    out, _ = preset.batch(x, y, mean, std, 10, torch.Generator().manual_seed(seed))
     return out.round().to(torch.uint8)
 
 
