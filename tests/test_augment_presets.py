@@ -10,6 +10,7 @@ from conftest import compose_run
 from hydra.utils import instantiate
 from PIL import Image
 
+from cnnlab.data import InMemoryDataModule
 from cnnlab.data.augment import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVEC, Augment, PCALighting
 from cnnlab.module import ClassifierModule
 
@@ -66,6 +67,11 @@ def test_per_batch_stages_work_on_in_memory_data_too():
     mixed = Augment(crop="pad", crop_padding=4, flip=True, mixup=0.2, policy="trivialaugment", lighting=0.1)
     out, soft = mixed.batch(x, torch.arange(16) % 10, MEAN, STD, 10, torch.Generator().manual_seed(0))
     assert out.shape == (16, 3, 32, 32) and soft.shape == (16, 10) and torch.allclose(soft.sum(1), torch.ones(16))
+    data = InMemoryDataModule("synthetic", synthetic_size=(64, 8), batch_size=16, device_resident=False,
+                              augment=Augment(crop="pad", crop_padding=4, flip=True, mixup=0.2))
+    data.setup()
+    x, y = next(iter(data.train_dataloader()))  # what the module trains on with augment=cifar augment.mixup=0.2
+    assert x.dtype == torch.float32 and y.shape == (16, 10) and (y.max(1).values < 1).any()
 
 
 def test_crop_geometry_follows_the_papers():
