@@ -206,8 +206,9 @@ def test_evaluate_an_image_folder_checkpoint_with_each_protocol(tmp_path):
             "eval.crop=32"]
     results = {p: evaluate(ckpt, p, [*over, *(["eval.scales=[32,40]"] if p == "multiscale" else [])])
                for p in ("center", "flip", "tencrop", "multiscale")}
+    results["square"] = evaluate(ckpt, "tencrop", [*over, "eval.square=true"])  # AlexNet's 10 patches
     assert {r["n_images"] for r in results.values()} == {9}
-    assert len({round(r["loss"], 6) for r in results.values()}) == 4  # four different sets of views
+    assert len({round(r["loss"], 6) for r in results.values()}) == 5  # five different sets of views
 
 
 def test_evaluate_a_vgg_checkpoint_densely(tmp_path):

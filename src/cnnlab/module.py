@@ -53,8 +53,8 @@ class ClassifierModule(L.LightningModule):
             model: any nn.Module mapping N x C x H x W images to N x num_classes logits.
             optimizer: a torch.optim class with its settings bound (`_partial_: true`); it gets the parameters.
             schedule: a cnnlab.schedule function with its settings bound; it gets the run's step counts.
-            label_smoothing: epsilon of label-smoothed cross-entropy (Szegedy et al. 2016), applied to hard and
-                soft (mixup/cutmix) targets alike; 0 = plain. The run's one label-smoothing setting.
+            label_smoothing: epsilon of label-smoothed cross-entropy (Szegedy et al. 2016), the one smoothing
+                setting, applied once to hard and soft (mixup/cutmix) targets alike; 0 = plain.
             aux_weight: weight of each auxiliary head's loss for models that return (logits, *aux_logits) in
                 training mode (GoogLeNet: 0.3, Szegedy et al. 2015); the main head alone is scored.
             norm_bias_decay: apply weight decay to BN/bias parameters (the papers do); False exempts every
@@ -66,8 +66,7 @@ class ClassifierModule(L.LightningModule):
                 None: no scaling.
             channels_last: NHWC memory format for the model and its inputs (faster convolutions with AMP on GPUs).
             compile: torch.compile the model in place (state-dict keys unchanged, so checkpoints stay portable).
-            evaluation: unused: the data module cuts the test views (its `evaluation`) and the test step averages
-                the scores of the views each batch holds; accepted so the run configs of older checkpoints load.
+            evaluation: unused (the data module cuts the test views); accepted so older checkpoints' configs load.
             run_config: the run's resolved config, stored in checkpoints so a model can be rebuilt from one file.
         """
         super().__init__()
