@@ -165,3 +165,11 @@ def test_bad_preset_values_fail_naming_them():
         Augment(crop="resized", crop_padding=4)
     with pytest.raises(ValueError, match="crop='pad' works on in-memory batches"):
         Augment(crop="pad", crop_padding=4).image(photo())
+
+
+def test_the_names_older_checkpoints_configs_hold_still_build_the_same_augmentation(caplog):
+    """Run configs stored in checkpoints name cnnlab.data.BatchAugment / ImageAugment; cnnlab.evaluate rebuilds them."""
+    old_cifar = instantiate({"_target_": "cnnlab.data.BatchAugment", "crop_padding": 4, "flip": True})
+    assert (old_cifar.crop, old_cifar.crop_padding, old_cifar.flip) == ("pad", 4, True)
+    old_modern = instantiate({"_target_": "cnnlab.data.ImageAugment", "crop": "resized", "label_smoothing": 0.1})
+    assert old_modern.crop == "resized" and "module.label_smoothing" in caplog.text  # said, not silently dropped
