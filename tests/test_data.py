@@ -196,6 +196,11 @@ def test_transparent_pixels_come_out_white_and_exif_rotation_is_applied(tmp_path
     Image.fromarray(px, mode="RGBA").save(tmp_path / "alpha.png")
     out = np.asarray(images.open_image(tmp_path / "alpha.png"))
     assert (out[:4] == (255, 0, 0)).all() and (out[4:] == 255).all()  # not the hidden red under alpha 0
+    root = tmp_path / "ds"
+    write_image_folder(root, per_class=1)
+    Image.fromarray(px, mode="RGBA").resize((32, 32), Image.NEAREST).save(root / "train" / "cat" / "alpha.png")
+    t = readers.read_cifar("cifar10", root, True, False, 32, tmp_path / "cache")  # sorted: 0.jpg alpha.png
+    assert (t.x[1, :, :16] == torch.tensor([255, 0, 0])[:, None, None]).all() and (t.x[1, :, 16:] == 255).all()
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     Image.new("RGB", (40, 20), (0, 200, 0)).save(tmp_path / "phone.jpg", exif=exif)
