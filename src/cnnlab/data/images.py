@@ -1,8 +1,9 @@
 """Image files as the models see them: which files of a folder are images, and one decoder for every backend.
 
-Every loader (the image-folder workers, the CIFAR-folder decode cache, the FFCV writer, cnnlab.predict) reads files
-through `open_image`, so a file means the same picture everywhere: EXIF rotation applied, 16-bit greyscale and RGB
-scaled to 8 bits by their high byte, greyscale/CMYK/palette converted, transparency composited over white.
+Every loader (the image-folder workers, the FFCV writer, cnnlab.predict; the CIFAR-folder cache where torchvision's
+decoder would differ) reads files through `open_image`, so a file means the same picture everywhere: EXIF rotation
+applied, 16-bit greyscale and RGB scaled to 8 bits by their high byte, greyscale/CMYK/palette converted,
+transparency composited over white.
 """
 
 from pathlib import Path
