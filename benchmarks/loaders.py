@@ -29,16 +29,16 @@ from PIL import Image  # noqa: E402
 from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
+from cnnlab.data.augment import Augment  # noqa: E402
 from cnnlab.data.imagefolder import open_rgb  # noqa: E402
 from cnnlab.data.readers import list_image_folder  # noqa: E402
-from cnnlab.data.transforms import ImageAugment  # noqa: E402
 
-PRESET = ImageAugment(size=224, crop="resized", area=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip=True)
+PRESET = Augment(size=224, crop="resized", area=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip=True)
 
 
 def pil_path(files: list[Path]) -> int:
     for f in files:
-        PRESET(open_rgb(f))
+        PRESET.image(open_rgb(f))
     return len(files)
 
 
@@ -111,7 +111,7 @@ def main() -> None:
         rates = {}
         for name in a.paths:
             if name == "ffcv":
-                from cnnlab.data.ffcv import write_beton
+                from cnnlab.data.write_ffcv import write_beton
 
                 write_beton(tmp / "images" / "train", tmp / "train.beton", max_side=a.max_side, quality=90, workers=1)
                 rates[name] = timed(ffcv_path(tmp / "train.beton"), files, a.repeats)

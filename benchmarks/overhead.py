@@ -86,7 +86,7 @@ def plain_loop(args: argparse.Namespace, tmp: Path) -> float:
     for step in range(args.steps):
         i = step % (len(y) // args.batch)  # cycles through the data, as epochs do
         idx = order[i * args.batch : (i + 1) * args.batch]
-        inputs = data.normalize(data.augment(x[idx], g))
+        inputs, _ = data.augment.batch(x[idx], y[idx], data.mean, data.std, 10, g)
         loss = F.cross_entropy(model(inputs), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()

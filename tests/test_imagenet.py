@@ -1,5 +1,6 @@
-"""ImageNet-layout data through both backends (PIL workers, FFCV), odd JPEGs, the archive preparation script, class
-names, the ffcv install hint, and a short real Imagenette run through train.py."""
+"""ImageNet-layout data through both backends (PIL workers, FFCV), odd JPEGs, unreadable files in training and in
+evaluation, the archive preparation script, class names, the ffcv install hint, and a short real Imagenette run
+through train.py."""
 
 import csv
 import io
@@ -17,7 +18,8 @@ from conftest import DATASETS, ROOT, compose_run, run_train
 from hydra.utils import instantiate
 from PIL import Image
 
-from cnnlab.data import BatchAugment, ImageAugment, ImageFolderDataModule, InMemoryDataModule, eval_transform
+from cnnlab.data import Augment, ImageFolderDataModule, InMemoryDataModule, eval_transform
+from cnnlab.data.images import open_rgb
 from cnnlab.evaluation import EvalProtocol
 
 SYNSETS = ["n00000001", "n00000002", "n00000003"]
@@ -53,34 +55,31 @@ def tiny_imagenet(tmp_path) -> Path:
     return tmp_path / "imagenet"
 
 
-def small_preset(**kw) -> ImageAugment:
-    return ImageAugment(size=32, crop="shorter_side", shorter_side=(36, 48), lighting=0.1, **kw)
+def small_preset(**kw) -> Augment:
+    return Augment(size=32, crop="shorter_side", shorter_side=(36, 48), lighting=0.1, **kw)
 
 
-def test_image_folder_backend_converts_odd_jpegs_and_skips_the_truncated_one(tiny_imagenet, caplog):
+def test_image_folder_backend_converts_odd_jpegs_and_replaces_the_truncated_one(tiny_imagenet, caplog):
     data = ImageFolderDataModule(str(tiny_imagenet), num_classes=3, batch_size=3, num_workers=1,
                                  augment=small_preset(), evaluation=EvalProtocol("center", 40, 32))
     data.setup()
     assert data.classes == SYNSETS and data.class_names == NAMES
-    xs, ys, skipped = [], [], []
-    for x, y, bad in data.train_dataloader():
-        xs.append(x)
-        ys.append(y)
-        skipped += bad
-    x = torch.cat(xs)
-    assert x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32)
-    assert len(x) == 20 and [Path(p).name for p in skipped] == ["truncated.JPEG"]  # 21 files in 7 batches of 3
     with caplog.at_level(logging.WARNING):
-        batch = data.on_after_batch_transfer((x[:4], torch.cat(ys)[:4], skipped), 0)  # outside fit: eval path
-    assert "skipped 1 unreadable image(s)" in caplog.text and "truncated.JPEG" in caplog.text
+        batches = [list(data.train_dataloader()) for _epoch in range(2)][1]
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    assert x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32)
+    assert len(x) == 21 and len(batches) == 7  # 21 files, 7 full batches of 3: the truncated one replaced
+    assert [Path(p).name for p in data.unreadable] == ["truncated.JPEG"]  # met twice, one distinct file
+    assert caplog.text.count("truncated.JPEG") == 1 and "1 distinct so far" in caplog.text
+    # substitutes carry their own label: the colour-coded class survives the crop
+    assert (x.float().mean((2, 3)).argmax(1) == y).float().mean() > 0.9
+    batch = data.on_after_batch_transfer((x[:4], y[:4]), 0)  # outside fit: the eval path
     assert batch[0].dtype == torch.float32 and batch[0].shape == (4, 3, 32, 32)
     # greyscale stays grey in RGB; CMYK red comes back red
-    grey = data.augment.__class__(size=32, crop="shorter_side", shorter_side=(36, 36), flip=False)
-    from cnnlab.data.imagefolder import open_rgb
-
-    g = grey(open_rgb(tiny_imagenet / "train" / SYNSETS[0] / "grey.JPEG"))
+    grey = Augment(size=32, crop="shorter_side", shorter_side=(36, 36), flip=False)
+    g = grey.image(open_rgb(tiny_imagenet / "train" / SYNSETS[0] / "grey.JPEG"))
     assert torch.equal(g[0], g[1]) and abs(g.float().mean() - 200) < 3
-    r = grey(open_rgb(tiny_imagenet / "train" / SYNSETS[0] / "cmyk.JPEG")).float().mean((1, 2))
+    r = grey.image(open_rgb(tiny_imagenet / "train" / SYNSETS[0] / "cmyk.JPEG")).float().mean((1, 2))
     assert r[0] > 200 and r[1] < 60 and r[2] < 60
     val = torch.cat([b[0] for b in data.val_dataloader()])
     assert val.shape == (6, 3, 32, 32)
@@ -88,9 +87,44 @@ def test_image_folder_backend_converts_odd_jpegs_and_skips_the_truncated_one(tin
     assert state["classes"] == SYNSETS and state["class_names"] == NAMES and state["mean"].shape == (3, 1, 1)
 
 
+def add_unreadable_pair(root: Path) -> list[str]:
+    """Two corrupt files that sort first in val/ of class 1, side by side: with batches of 2 a batch of only them."""
+    bad = [root / "val" / SYNSETS[1] / f"{c}_bad.JPEG" for c in "ab"]
+    bad[0].write_bytes(b"not a jpeg")
+    bad[1].write_bytes((root / "val" / SYNSETS[1] / f"{SYNSETS[1]}_0.JPEG").read_bytes()[:200])  # truncated
+    return sorted(map(str, bad))
+
+
+@pytest.mark.parametrize("protocol", ["center", "tencrop", "dense"])
+def test_an_evaluation_batch_of_only_unreadable_images_is_skipped_and_counted_once(tiny_imagenet, protocol, caplog):
+    bad = add_unreadable_pair(tiny_imagenet)
+    data = ImageFolderDataModule(str(tiny_imagenet), num_classes=3, eval_batch_size=2, num_workers=0,
+                                 augment=small_preset(), evaluation=EvalProtocol(protocol, 40, 32, scales=(32, 40)))
+    data.setup()
+    with caplog.at_level(logging.WARNING):
+        for _epoch in range(2):
+            batches = list(data.test_dataloader())
+    assert [b[1].tolist() for b in batches] == [[0, 0], [1, 1], [2, 2]]  # the batch [a_bad, b_bad] left out
+    assert sorted(data.unreadable) == bad and "2 distinct so far" in caplog.text
+    assert "3 distinct" not in caplog.text and "4 distinct" not in caplog.text  # files, not events
+
+
+def test_unreadable_validation_images_side_by_side_do_not_stop_train_py(tiny_imagenet, tmp_path):
+    add_unreadable_pair(tiny_imagenet)
+    run_train(["data=imagenet", f"data.root={tiny_imagenet}", "data.num_classes=3", "data.batch_size=4",
+               "data.eval_batch_size=2", "data.num_workers=0", "augment.size=32", "augment.shorter_side=[36,48]",
+               "eval.resize=36", "eval.crop=32", "model=resnet18", "model.widths=[8,8,16,16]",
+               "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0",
+               "callbacks.progress_bar.refresh_rate=0"], tmp_path / "run")
+    test = json.loads((tmp_path / "run" / "results.json").read_text())["test"]
+    assert 0 <= test["test/err1"] <= 1
+
+
+@pytest.mark.slow  # numba compiles FFCV's pipelines: minutes on a shared CPU
 def test_ffcv_backend_writes_and_reads_the_same_folder(tiny_imagenet, tmp_path):
     pytest.importorskip("ffcv")
-    from cnnlab.data.ffcv import FFCVDataModule, main
+    from cnnlab.data.ffcv import FFCVDataModule
+    from cnnlab.data.write_ffcv import main
 
     out = tmp_path / "betons"
     main([str(tiny_imagenet), str(out), "--max-side", "64", "--quality", "95", "--workers", "1"])
@@ -101,13 +135,13 @@ def test_ffcv_backend_writes_and_reads_the_same_folder(tiny_imagenet, tmp_path):
                           evaluation=EvalProtocol("center", 40, 32))
     data.setup()
     batches = list(data.train_dataloader())
-    assert len(batches) == 5 and all(b[2] == [] for b in batches)
+    assert len(batches) == 5 and all(len(b) == 2 for b in batches)
     x = torch.cat([b[0] for b in batches])
     assert x.dtype == torch.uint8 and x.shape == (20, 3, 32, 32)
     val = list(data.val_dataloader())
     assert torch.cat([b[1] for b in val]).tolist() == [0, 0, 1, 1, 2, 2]
     # the same meaning: the class colour survives decoding, cropping and flipping on both paths
-    for xb, yb, _ in val:
+    for xb, yb in val:
         for img, label in zip(xb, yb, strict=True):
             assert img.float().mean((1, 2)).argmax() == label
     normalized, y = data.augment.batch(x, torch.cat([b[1] for b in batches]), data.mean, data.std, 3)
@@ -128,9 +162,9 @@ def test_ffcv_crop_sampler_is_the_presets_own(tiny_imagenet):
 
     from cnnlab.data.ffcv import crop_generator
 
-    for preset in (ImageAugment(crop="shorter_side", shorter_side=(256, 480)),
-                   ImageAugment(crop="shorter_side", shorter_side=(256, 256), center_square=True),
-                   ImageAugment(crop="resized")):
+    for preset in (Augment(crop="shorter_side", shorter_side=(256, 480)),
+                   Augment(crop="shorter_side", shorter_side=(256, 256), center_square=True),
+                   Augment(crop="resized")):
         jitted = numba.njit(crop_generator(preset))
         boxes = np.array([jitted(np.uint32(375), np.uint32(500), None, None) for _ in range(3000)])
         np.random.seed(0)
@@ -138,7 +172,8 @@ def test_ffcv_crop_sampler_is_the_presets_own(tiny_imagenet):
         assert (boxes[:, :2] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 375).all()
         assert (boxes[:, 1] + boxes[:, 3] <= 500).all()
         assert abs(boxes[:, 2].mean() - ref[:, 2].mean()) < 0.05 * ref[:, 2].mean()  # same distribution
-        assert boxes[:, 2].min() >= ref[:, 2].min() - 2 and boxes[:, 2].max() <= ref[:, 2].max() + 2
+        for q in (1, 99):  # the tails too (percentiles: the extremes of 3000 draws differ by chance)
+            assert abs(np.percentile(boxes[:, 2], q) - np.percentile(ref[:, 2], q)) < 0.05 * ref[:, 2].mean()
 
 
 def test_ffcv_missing_gives_the_install_hint(monkeypatch):
@@ -150,16 +185,19 @@ def test_ffcv_missing_gives_the_install_hint(monkeypatch):
 
 
 def test_a_preset_for_the_other_kind_of_data_fails_naming_both(tmp_path):
-    with pytest.raises(TypeError, match="ImageFolderDataModule.*BatchAugment.*augment=alexnet"):
-        ImageFolderDataModule(str(tmp_path), augment=BatchAugment(4, True))
-    with pytest.raises(TypeError, match="InMemoryDataModule.*ImageAugment.*augment=cifar"):
-        InMemoryDataModule("synthetic", augment=ImageAugment())
+    with pytest.raises(ValueError, match="ImageFolderDataModule.*augment.crop must be one of .* got 'pad'.*alexnet"):
+        ImageFolderDataModule(str(tmp_path), augment=Augment(crop="pad", crop_padding=4))
+    with pytest.raises(ValueError, match="InMemoryDataModule.*augment.crop must be one of .* got 'resized'.*=cifar"):
+        InMemoryDataModule("synthetic", augment=Augment())
     with pytest.raises(ValueError, match="eval=none.*eval=center"):
         ImageFolderDataModule(str(tmp_path), evaluation=EvalProtocol("none"))
     cfg = compose_run(["data=imagenet"], tmp_path / "run")  # data=imagenet brings its own augment and eval defaults
     assert cfg.augment.crop == "shorter_side" and cfg.eval.name == "center"
     cfg = compose_run(["data=imagenet", "augment=alexnet", "eval=tencrop"], tmp_path / "run")
-    assert cfg.augment.center_square and cfg.data.evaluation.name == "tencrop" and cfg.module.evaluation.crop == 224
+    assert cfg.augment.center_square and cfg.data.evaluation.name == "tencrop" and cfg.data.evaluation.crop == 224
+    assert "evaluation" not in cfg.module  # one protocol, the data module's: it cuts the views
+    cfg = compose_run(["experiment=ilsvrc_alexnet", "eval=tencrop"], tmp_path / "run")
+    assert cfg.data.evaluation.square  # the paper's 10 patches of the central 256x256
 
 
 def test_eval_transform_for_a_pil_image_matches_the_test_loader(tiny_imagenet, tmp_path):
@@ -167,8 +205,7 @@ def test_eval_transform_for_a_pil_image_matches_the_test_loader(tiny_imagenet, t
                        "eval.crop=32", "data.num_workers=0"], tmp_path / "run")
     data = instantiate(cfg.data, augment=instantiate(cfg.augment), _convert_="all")
     data.setup()
-    x, y, _ = next(iter(data.test_dataloader()))
-    x, y = data.on_after_batch_transfer((x, y, []), 0)
+    x, y = data.on_after_batch_transfer(next(iter(data.test_dataloader())), 0)
     f = eval_transform(cfg.data, cfg.eval)
     assert torch.allclose(f(Image.open(data.splits["val"][0][0])), x[0], atol=1e-6)
     cifar = eval_transform({"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3})

@@ -67,8 +67,7 @@ def run_config(ckpt: dict, protocol: str | None, overrides: Sequence[str]) -> tu
             OmegaConf.update(cfg, k, yaml.safe_load(v), merge=False)
     if "eval" not in cfg:  # a checkpoint from before the eval group: its test images as they are
         cfg.eval = {"_target_": "cnnlab.evaluation.EvalProtocol", "name": "none"}
-    if "evaluation" in cfg.data:
-        cfg.data.evaluation = cfg.eval
+    cfg.data.evaluation = cfg.eval  # the data module cuts the test views (every data module, older configs too)
     return OmegaConf.to_container(cfg, resolve=True), trainer
 
 

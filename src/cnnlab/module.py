@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from cnnlab.checkpoint import check_compatible
-from cnnlab.evaluation import EvalProtocol
+from cnnlab.evaluation import FullyConvolutional, is_multi_view, log_scores
 from cnnlab.schedule import Schedule
 
 STAGES = ("train", "val", "test")
@@ -53,7 +53,8 @@ class ClassifierModule(L.LightningModule):
             model: any nn.Module mapping N x C x H x W images to N x num_classes logits.
             optimizer: a torch.optim class with its settings bound (`_partial_: true`); it gets the parameters.
             schedule: a cnnlab.schedule function with its settings bound; it gets the run's step counts.
-            label_smoothing: epsilon of label-smoothed cross-entropy (Szegedy et al. 2016); 0 = plain.
+            label_smoothing: epsilon of label-smoothed cross-entropy (Szegedy et al. 2016), the one smoothing
+                setting, applied once to hard and soft (mixup/cutmix) targets alike; 0 = plain.
             aux_weight: weight of each auxiliary head's loss for models that return (logits, *aux_logits) in
                 training mode (GoogLeNet: 0.3, Szegedy et al. 2015); the main head alone is scored.
             norm_bias_decay: apply weight decay to BN/bias parameters (the papers do); False exempts every
@@ -65,7 +66,7 @@ class ClassifierModule(L.LightningModule):
                 None: no scaling.
             channels_last: NHWC memory format for the model and its inputs (faster convolutions with AMP on GPUs).
             compile: torch.compile the model in place (state-dict keys unchanged, so checkpoints stay portable).
-            evaluation: the test stage's protocol, an `eval` config (cnnlab.evaluation); None: one view per image.
+            evaluation: unused (the data module cuts the test views); accepted so older checkpoints' configs load.
             run_config: the run's resolved config, stored in checkpoints so a model can be rebuilt from one file.
         """
         super().__init__()
@@ -75,7 +76,6 @@ class ClassifierModule(L.LightningModule):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters(ignore=["model", "optimizer", "schedule"])
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
-        self.evaluation = EvalProtocol.build(evaluation)
         self.metrics = nn.ModuleDict()  # "<stage>_<name>"; a stage alone as a key would shadow nn.Module.train
         for s in STAGES:
             self.metrics[f"{s}_loss"] = MeanMetric()
@@ -100,10 +100,10 @@ class ClassifierModule(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
-        multi = stage == "test" and self.evaluation.multi_view  # several views per image: their softmax averaged
+        multi = stage == "test" and is_multi_view(x)  # several views per image: their softmax averaged
         if self.hparams.channels_last and not multi:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.evaluation.log_scores(self.model, x) if multi else self.model(x)
+        out = log_scores(self._test_model(), x) if multi else self.model(x)
         logits, *aux = out if isinstance(out, tuple | list) else (out,)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         for a in aux:
@@ -117,6 +117,11 @@ class ClassifierModule(L.LightningModule):
         if stage == "train":
             self.log("train/step_loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def _test_model(self) -> nn.Module:
+        """The model, or its fully-convolutional form when the data module's protocol is eval=dense."""
+        protocol = getattr(self.trainer.datamodule, "evaluation", None) if self._trainer is not None else None
+        return FullyConvolutional(self.model) if getattr(protocol, "dense", False) else self.model  # shares weights
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -1,26 +1,28 @@
 """ImageNet-layout folders (`train/<synset>/*.JPEG`, `val/<synset>/*.JPEG`) read with PIL in worker processes.
 
-Workers decode, crop and flip (the `augment` preset's per-image part) and hand over uint8 tensors; the rest of the
-augmentation and the normalization run on the training device (`on_after_batch_transfer`). Evaluation follows the
-`eval` protocol. Every rank reads its own shard; evaluation shards are not padded, so each image counts once.
+Workers decode, crop and flip (the `augment` preset's per-image stage) and hand over uint8 tensors; the rest of the
+augmentation and the normalization run on the training device (`on_after_batch_transfer`). Evaluation cuts the
+`eval` protocol's views. Every rank reads its own shard; evaluation shards are not padded, so each image counts once.
+
+An unreadable file never stops a run: in training it is replaced by the next readable file of the folder (so every
+batch stays full and distributed ranks stay in step), in evaluation it is left out (and a batch left empty is
+skipped); each distinct file is logged once and counted in `unreadable`.
 """
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.transforms.v2 import functional as TF
 
-from cnnlab.data.augment import BatchAugment
-from cnnlab.data.memory import loop_position
-from cnnlab.data.readers import DatasetNotFoundError, available_cpus, list_image_folder
-from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageAugment
+from cnnlab.data.augment import FOLDER_CROPS, IMAGENET_MEAN, IMAGENET_STD, Augment
+from cnnlab.data.images import UNREADABLE, DatasetNotFoundError, list_image_folder, open_rgb
+from cnnlab.data.in_memory import loop_position
+from cnnlab.data.readers import available_cpus
 from cnnlab.evaluation import EvalProtocol
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ IMAGENETTE_NAMES = {"n01440764": "tench", "n02102040": "English springer", "n029
                     "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
                     "n03888257": "parachute"}
 SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")  # "<wnid> <name>, <synonym>, ..." per line
+SUBSTITUTE_TRIES = 64  # training: files after an unreadable one tried in its place before giving up
+__all__ = ["ImageFolderDataModule", "ShardSampler", "class_names", "open_rgb"]
 
 
 def class_names(root: Path, synsets: list[str]) -> list[str]:
@@ -46,38 +50,58 @@ def class_names(root: Path, synsets: list[str]) -> list[str]:
     return [table.get(s, s) for s in synsets]
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """The decoded image as RGB (greyscale, CMYK, palette and RGBA converted); raises on corrupt or truncated files."""
-    with Image.open(path) as img:
-        return img.convert("RGB")  # convert() decodes fully, so truncation raises here, not later
-
-
 class ImageFiles(Dataset):
-    """Labelled image files; an unreadable one yields None (the collate function counts and drops it)."""
+    """Labelled image files -> (views, label, unreadable paths). With `substitute` (training) an unreadable file is
+    replaced by the next readable one; otherwise its views are None (left out by `collate`)."""
 
-    def __init__(self, files: list[Path], labels: list[int], transform: Callable) -> None:
-        self.files, self.labels, self.transform = files, labels, transform
+    def __init__(self, files: list[Path], labels: list[int], transform: Callable, substitute: bool) -> None:
+        self.files, self.labels, self.transform, self.substitute = files, labels, transform, substitute
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple:
         i, size = key if isinstance(key, tuple) else (key, None)
-        try:
-            img = open_rgb(self.files[i])
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            return None, str(self.files[i])
-        return (self.transform(img, size) if size else self.transform(img)), self.labels[i]
+        unreadable = []
+        for j in range(i, i + (SUBSTITUTE_TRIES if self.substitute else 1)):
+            j %= len(self.files)
+            try:
+                img = open_rgb(self.files[j])
+            except UNREADABLE:
+                unreadable.append(str(self.files[j]))
+                continue
+            return (self.transform(img, size) if size else self.transform(img)), self.labels[j], unreadable
+        if self.substitute:
+            raise DatasetNotFoundError(f"{len(unreadable)} files in a row are unreadable, from {unreadable[0]}: is "
+                                       f"the folder damaged? (each was tried in place of the one before)")
+        return None, self.labels[i], unreadable
 
 
 def collate(batch: list[tuple], stack: Callable[[list[tuple]], tuple]) -> tuple:
-    """(views, labels, unreadable paths): the unreadable images are dropped, never a crash hours into a run."""
-    good = [b for b in batch if b[0] is not None]
-    return *stack(good), [b[1] for b in batch if b[0] is None]
+    """(views, labels, unreadable paths) of the readable images; (None, None, paths) when none was readable."""
+    good = [b[:2] for b in batch if b[0] is not None]
+    unreadable = [p for b in batch for p in b[2]]
+    return (*stack(good), unreadable) if good else (None, None, unreadable)
 
 
 def stack_train(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
+
+
+class FileBatches(DataLoader):
+    """A DataLoader of ImageFiles that reports unreadable files to `on_unreadable` and leaves out batches in which
+    no image was readable (a torch.stack of nothing would end the run): yields (views, labels)."""
+
+    def __init__(self, *args, on_unreadable: Callable[[list[str]], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_unreadable = on_unreadable
+
+    def __iter__(self) -> Iterator[tuple]:
+        for x, y, unreadable in super().__iter__():
+            if unreadable:
+                self.on_unreadable(unreadable)
+            if y is not None:
+                yield x, y
 
 
 class ShardSampler(DistributedSampler):
@@ -122,7 +146,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
-        augment: ImageAugment | None = None,
+        augment: Augment | None = None,
         evaluation: EvalProtocol | None = None,
         train_dir: str = "train",
         val_dir: str = "val",
@@ -137,34 +161,34 @@ class ImageFolderDataModule(L.LightningDataModule):
             batch_size: per device (ImageNet papers: 256 in total, He et al. 2016, 3.4).
             eval_batch_size: images per evaluation batch (views multiply the work); None = batch_size.
             num_workers: decoding processes per device; None = the available CPUs / devices - 1 (at least 1).
-            augment: the training preset (config group `augment`); None = a plain RandomResizedCrop + flip.
+            augment: the training preset (config group `augment`) with an image-file crop (resized,
+                shorter_side); None = Inception's crop + flip.
             evaluation: the test protocol (config group `eval`; None = center); validation scores the center crop.
             per_class: read only the first n images of each class of each split (slices for quick runs).
         """
         super().__init__()
-        if isinstance(augment, BatchAugment):
-            raise TypeError(f"{type(self).__name__} (data={Path(str(root)).name}) cannot apply augment preset "
-                            f"{augment!r}: it works on in-memory uint8 batches (data=cifar10/cifar100/mnist). Use an "
-                            f"image-folder preset: augment=alexnet|resnet|inception|autoaugment|randaugment|...")
-        if augment is not None and not isinstance(augment, ImageAugment):
-            raise TypeError(f"augment must be an ImageAugment preset, got {augment!r}")
+        if augment is not None and augment.crop not in FOLDER_CROPS:
+            raise ValueError(f"{type(self).__name__} (data={Path(str(root)).name}) reads image files of any size: "
+                             f"augment.crop must be one of {FOLDER_CROPS}, got {augment.crop!r} (a preset for "
+                             f"in-memory data). Use augment=resnet|alexnet|inception|autoaugment|randaugment|...")
         if in_channels != 3:
             raise ValueError(f"image folders are read as RGB: in_channels must be 3, got {in_channels}")
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 values (RGB), got {mean} and {std}")
         self.save_hyperparameters(ignore=["augment", "evaluation"], logger=False)
         self.root = Path(root).expanduser()
-        self.augment = augment or ImageAugment()
+        self.augment = augment or Augment()
         self.evaluation = EvalProtocol.build(evaluation) if evaluation is not None else EvalProtocol("center")
         if self.evaluation.name == "none":
             raise ValueError(f"eval=none scores images as stored, which only in-memory datasets allow; "
-                             f"{type(self).__name__} needs a crop protocol: eval=center|flip|tencrop|multiscale")
+                             f"{type(self).__name__} needs a crop protocol: eval=center|flip|tencrop|multiscale|"
+                             f"dense")
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.splits: dict[str, tuple[list[Path], list[int]]] = {}
         self.classes: list[str] = []
         self.class_names: list[str] = []
-        self.skipped = 0
+        self.unreadable: set[str] = set()  # distinct files, however often an epoch meets them
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -213,14 +237,21 @@ class ImageFolderDataModule(L.LightningDataModule):
         sampler = ShardSampler(len(files), train, self.hparams.seed, rank, world, progressive,
                                partial(loop_position, self.trainer) if train else None, batch_size)
         workers = self._workers()
-        return DataLoader(ImageFiles(files, labels, views), batch_size=batch_size, sampler=sampler,
-                          num_workers=workers, collate_fn=partial(collate, stack=stack),
-                          pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
-                          persistent_workers=self.hparams.persistent_workers and workers > 0, drop_last=train,
-                          prefetch_factor=4 if workers else None)
+        return FileBatches(ImageFiles(files, labels, views, substitute=train), batch_size=batch_size,
+                           sampler=sampler, num_workers=workers, collate_fn=partial(collate, stack=stack),
+                           pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+                           persistent_workers=self.hparams.persistent_workers and workers > 0, drop_last=train,
+                           prefetch_factor=4 if workers else None, on_unreadable=self._count_unreadable)
+
+    def _count_unreadable(self, paths: list[str]) -> None:
+        new = sorted(set(paths) - self.unreadable)
+        self.unreadable.update(paths)
+        if new:
+            log.warning("%d unreadable image file(s) left out (%d distinct so far; in training each is replaced by "
+                        "the next readable file): %s", len(new), len(self.unreadable), new)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.augment, stack_train, self.hparams.batch_size)
+        return self._loader("train", True, self.augment.image, stack_train, self.hparams.batch_size)
 
     def _eval_loader(self, protocol: EvalProtocol) -> DataLoader:
         bs = self.hparams.eval_batch_size or self.hparams.batch_size
@@ -228,7 +259,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         p = self.evaluation
-        return self._eval_loader(EvalProtocol("center", p.resize, p.crop))
+        return self._eval_loader(EvalProtocol("center", p.resize, p.crop))  # one view, every epoch
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.evaluation)
@@ -236,10 +267,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     # ---- on the device -------------------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         """uint8 views -> the model's input: the preset's per-batch part in training, normalization otherwise."""
-        x, y, unreadable = batch
-        if unreadable:
-            self.skipped += len(unreadable)
-            log.warning("skipped %d unreadable image(s), %d so far: %s", len(unreadable), self.skipped, unreadable)
+        x, y = batch
         mean, std = self.mean.to(y.device), self.std.to(y.device)
         if self.trainer is not None and self.trainer.training:
             return self.augment.batch(x, y, mean, std, self.hparams.num_classes)
@@ -252,26 +280,3 @@ class ImageFolderDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         pass  # everything in it is re-read from the folder
 
-
-def eval_transform(data: Mapping, evaluation: Mapping | None = None, mean: torch.Tensor | None = None,
-                   std: torch.Tensor | None = None) -> Callable[[Image.Image], torch.Tensor]:
-    """The eval preprocessing of a run's data config (and eval config) for one PIL image: resize, center crop, to
-    tensor, normalize -> float C x H x W. Image folders: the protocol's center crop (resize 256, crop 224 unless
-    set). In-memory datasets: the stored image size and padding (MNIST). mean/std override the config's: a
-    checkpoint's datamodule state holds the ones used, He et al.'s per-pixel mean image included."""
-    protocol = EvalProtocol.build({**(evaluation or {}), "name": "center"})
-    channels, pad = data.get("in_channels", 3), data.get("pad", 0)
-    side = data.get("image_size", 0) - 2 * pad
-    mean = torch.as_tensor(mean if mean is not None else data.get("mean", IMAGENET_MEAN), dtype=torch.float32)
-    std = torch.as_tensor(std if std is not None else data.get("std", IMAGENET_STD), dtype=torch.float32)
-    mean, std = (t.view(-1, 1, 1) if t.ndim == 1 else t for t in (mean, std))
-
-    def transform(img: Image.Image) -> torch.Tensor:
-        img = img.convert("L" if channels == 1 else "RGB")
-        if "image_size" in data:  # in-memory dataset: as the readers store a folder's images
-            x = TF.pad(TF.center_crop(TF.resize(TF.pil_to_tensor(img), side, antialias=True), [side, side]), [pad])
-        else:
-            x = protocol.views(img)
-        return (x.float() / 255 - mean) / std
-
-    return transform

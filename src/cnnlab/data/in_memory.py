@@ -1,7 +1,8 @@
 """Small-image datasets (CIFAR, MNIST, synthetic) held whole in memory, on the training device, as uint8.
 
-Batches are gathered, augmented and normalized as whole tensors; per-batch randomness is a pure function of
-(seed, epoch, batch index, rank), so a run resumed from any checkpoint, mid-epoch included, sees the same batches.
+Batches are gathered, augmented and normalized as whole tensors; the crops, flips and lighting of a batch are a pure
+function of (seed, epoch, batch index, rank), so a run resumed from any checkpoint, mid-epoch included, sees the
+same batches. The test stage scores the `eval` protocol's views of the stored images (none, or flip).
 """
 
 import logging
@@ -12,8 +13,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data.augment import BatchAugment
+from cnnlab.data.augment import IN_MEMORY_CROPS, Augment
 from cnnlab.data.readers import DatasetNotFoundError, Tensors, read_cifar, read_mnist, synthetic
+from cnnlab.evaluation import EvalProtocol
 
 log = logging.getLogger(__name__)
 DATASETS = ("cifar10", "cifar100", "mnist", "synthetic")
@@ -21,14 +23,15 @@ NORMALIZE = ("channel", "pixel_mean")
 
 
 class TensorBatches:
-    """Iterates (x, y) batches of in-memory tensors; shuffled per epoch, split across ranks without padding."""
+    """Iterates (x, y) batches of in-memory tensors, each through transform(x, y, generator) -> (x, y); shuffled
+    per epoch, split across ranks without padding."""
 
     def __init__(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
         batch_size: int,
-        transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor],
+        transform: Callable[[torch.Tensor, torch.Tensor, torch.Generator | None], tuple],
         shuffle: bool,
         seed: int = 0,
         rank: int = 0,
@@ -60,7 +63,7 @@ class TensorBatches:
             g = None
             if self.shuffle:
                 g = torch.Generator(self.x.device).manual_seed(hash((self.seed, epoch, b, self.rank)) % 2**63)
-            yield self.transform(self.x[idx], g), self.y[idx]
+            yield self.transform(self.x[idx], self.y[idx], g)
 
     def state_dict(self) -> dict[str, int]:
         """Where the next batch comes from; Lightning stores this in checkpoints and restores it on resume."""
@@ -100,7 +103,8 @@ class InMemoryDataModule(L.LightningDataModule):
         normalize: str = "channel",
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
-        augment: BatchAugment | None = None,
+        augment: Augment | None = None,
+        evaluation: EvalProtocol | None = None,
         download: bool = False,
         cache_dir: str = "~/.cache/cnnlab",
         device_resident: bool = True,
@@ -117,6 +121,9 @@ class InMemoryDataModule(L.LightningDataModule):
                 the test set. The split is fixed (seed 0) whatever the run's seed.
             normalize: "channel" ((x - mean) / std per channel) or "pixel_mean" (subtract the training set's
                 per-pixel mean image, He et al. 2016 4.2).
+            augment: the training preset (config group `augment`) with an in-memory crop (none, pad).
+            evaluation: the test protocol (config group `eval`): none (the stored images) or flip (and their
+                mirror images); validation scores the stored images every epoch.
             device_resident: keep the dataset on the training device (GPU), so batches never wait on the host.
             synthetic_size: (train, test) image counts of the synthetic dataset.
         """
@@ -127,11 +134,14 @@ class InMemoryDataModule(L.LightningDataModule):
             raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
         if dataset != "synthetic" and not root:
             raise ValueError(f"data.root is required for dataset {dataset!r}")
-        if augment is not None and not isinstance(augment, BatchAugment):
-            raise TypeError(f"InMemoryDataModule (data={dataset}) cannot apply augment preset {augment!r}: it is for "
-                            f"image folders (data=imagenet|imagenette); use augment=cifar or augment=none")
-        self.save_hyperparameters(ignore=["augment"], logger=False)
-        self.augment = augment or BatchAugment()
+        if augment is not None and augment.crop not in IN_MEMORY_CROPS:
+            raise ValueError(f"InMemoryDataModule (data={dataset}) holds images of one size: augment.crop must be one "
+                             f"of {IN_MEMORY_CROPS}, got {augment.crop!r} (a preset for image folders, "
+                             f"data=imagenet|imagenette); use augment=cifar or augment=none")
+        self.evaluation = EvalProtocol.build(evaluation)
+        self.evaluation.tensor_views(torch.zeros(1, 1, 1, 1))  # fails now, naming the protocol, if it needs files
+        self.save_hyperparameters(ignore=["augment", "evaluation"], logger=False)
+        self.augment = augment or Augment(crop="none", flip=False)
         self.root = Path(root).expanduser() if root else None
         self.splits: dict[str, Tensors] = {}
         self.classes: list[str] = []
@@ -184,11 +194,14 @@ class InMemoryDataModule(L.LightningDataModule):
         """uint8 N x C x H x W -> float32, the model's input."""
         return (x.float() / 255 - self.mean) / self.std
 
-    def _train_transform(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        return self.normalize(self.augment(x, g))
+    def _train_transform(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None) -> tuple:
+        return self.augment.batch(x, y, self.mean, self.std, self.hparams.num_classes, g)
 
-    def _eval_transform(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        return self.normalize(x)
+    def _val_transform(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None) -> tuple:
+        return self.normalize(x), y
+
+    def _test_transform(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None) -> tuple:
+        return self.normalize(self.evaluation.tensor_views(x)), y
 
     def _position(self) -> tuple[int, int]:
         return loop_position(self.trainer)
@@ -197,7 +210,7 @@ class InMemoryDataModule(L.LightningDataModule):
         s, t = self.splits[split], self.trainer
         rank, world = (t.global_rank, t.world_size) if t else (0, 1)
         bs = self.hparams.batch_size if train else self.hparams.eval_batch_size
-        transform = self._train_transform if train else self._eval_transform
+        transform = {"train": self._train_transform, "val": self._val_transform, "test": self._test_transform}[split]
         return TensorBatches(s.x, s.y, bs, transform, shuffle=train, seed=self.hparams.seed, rank=rank,
                              world_size=world, position=self._position if train else lambda: (0, 0))
 
