@@ -126,3 +126,16 @@ def test_gpu_sh_smoke_as_the_gpu_holder_runs_it(packed, tmp_path):
     res = json.loads((tmp_path / "out" / "gpu.json").read_text())
     assert res["items"]["1"]["rows"][0]["train.py"]["rate"] > 0 and res["items"]["2"]["runs"][0]["test_acc"] >= 0
     assert res["items"]["3"]["sharing"][0]["runs"] == 2 and not res["skipped"]
+
+
+def test_loaders_benchmark_skips_a_missing_backend_and_reports_the_real_loader(cifar10_slice, tmp_path, monkeypatch,
+                                                                               capsys, gpu_bench):
+    import loaders
+
+    monkeypatch.setitem(sys.modules, "ffcv", None)  # as after `pip install -e '.[dev]'`: no FFCV extra
+    monkeypatch.setattr(sys, "argv", ["loaders.py", "--root", str(cifar10_slice), "--images", "24", "--repeats", "1",
+                                      "--paths", "pil", "imagefolder", "ffcv", "--json", str(tmp_path / "l.json")])
+    loaders.main()
+    assert "ffcv         skipped: ffcv is not installed" in capsys.readouterr().out
+    rates = json.loads((tmp_path / "l.json").read_text())["rates"]
+    assert set(rates) == {"pil", "imagefolder"} and all(r > 0 for r in rates.values())
