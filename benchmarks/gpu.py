@@ -651,10 +651,12 @@ def markdown(res: dict) -> str:
                 for r in i["rows"]]
         best = max((r.get("rate") or 0 for r in items.get("1", {}).get("rows", [])
                     for r in [r.get("train.py") or {}]), default=0)
-        per = [r["img_s_per_worker"] for r in i["rows"] if r.get("img_s_per_worker")]
-        if best and per:
-            out.append(f"\nItem 1's best train.py rate, {best:.0f} img/s, needs {best / min(per):.1f} cores of this "
-                       f"loader.")
+        full = max((r for r in i["rows"] if r.get("img_s_per_worker")), key=lambda r: r["workers"], default=None)
+        if best and full:  # per worker with every core busy: what a GPU's share of a node delivers
+            out.append(f"\nItem 1's best train.py rate, {best:.0f} img/s, needs "
+                       f"{best / full['img_s_per_worker']:.1f} cores of this loader ({full['img_s_per_worker']:.0f} "
+                       f"img/s per worker with {full['workers']} workers); this machine's {full['workers']} give "
+                       f"{full['img_s']:.0f} img/s.")
         out.append("")
     if res["skipped"]:
         out += ["## Skipped", "", *[f"- item {s['item']}, {s['what']}: {s['why']}" for s in res["skipped"]], ""]
