@@ -635,8 +635,10 @@ def markdown(res: dict) -> str:
                 f"{r['it_s']:.1f} | {r['first_step_s']:.1f} | {r['mem_gib'] or 0:.2f} |" if r.get("it_s")
                 else f"failed: {r.get('failed')} | | |"))
         for s in i["sharing"]:
+            fit = (f"; by memory about {m['memory_gib'] // (s['mem_gib_each'] + 0.5):.0f} such runs fit, counting "
+                   f"0.5 GiB per process for the CUDA context") if m.get("memory_gib") else ""
             out.append(f"\n{s['runs']} ResNet-{s['depth']} runs sharing the GPU: {s['aggregate_it_s'] or 0:.1f} it/s "
-                       f"in total over {s['window_s']:.1f} s ({s['mem_gib_each']:.2f} GiB each).")
+                       f"in total over {s['window_s']:.1f} s ({s['mem_gib_each']:.2f} GiB allocated each{fit}).")
         for s in i.get("sweep", []):
             out.append(f"\nFigure 6 sweep (24 runs x 64k iterations, depths 32/44 interpolated, plain = residual "
                        f"cost, evaluation not counted), compile={s['compile']}: {s['one_gpu_h']:.1f} GPU-hours one "

@@ -116,6 +116,12 @@ def test_gpu_benchmark_arithmetic(gpu_bench):
     p = gpu_bench.Bench.phases(0, d)
     assert p["startup_s"] == 5 and p["train_s"] == pytest.approx(3) and p["compile_s"] == pytest.approx(3 + 1)
     assert p["test_acc"] == pytest.approx(0.94) and p["test_s"] == pytest.approx(0.5)
+    # Figure 6: 6 runs at each depth 20/32/44/56 x 64k steps; 10 and 25 ms per step at 20 and 56, 32/44 interpolated
+    he = {"rates": [{"depth": 20, "compile": False, "it_s": 100.0}, {"depth": 56, "compile": False, "it_s": 40.0}],
+          "sharing": [{"runs": 4, "aggregate_it_s": 120.0}]}
+    gpu_bench.Bench.sweep(he)
+    assert he["sweep"][0]["one_gpu_h"] == pytest.approx(6 * 64000 * (0.010 + 0.015 + 0.020 + 0.025) / 3600)
+    assert he["sweep"][0]["shared_h"] == pytest.approx(he["sweep"][0]["one_gpu_h"] / 3)  # 120 it/s vs 40
 
 
 @pytest.mark.slow
