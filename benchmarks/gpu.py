@@ -427,7 +427,7 @@ class Bench:
             res["rates"].append(r)
             print(f"[item 3] {r}", flush=True)
             self.save()
-            if depth == 56 or s:
+            if (depth, comp) == (56, False) or s:
                 self.sharing(res, base, warmup)
         self.sweep(res)
 
