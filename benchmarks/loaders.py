@@ -1,10 +1,13 @@
-"""Loader throughput per CPU core: JPEG decode + RandomResizedCrop(224) + horizontal flip, one thread, three paths.
+"""Loader throughput per CPU core: JPEG decode + RandomResizedCrop(224) + horizontal flip, one thread, four paths.
 
     PIL          PIL decode (+ CMYK/grey -> RGB), the inception preset's crop box, one crop+resize, flip (the
-                 data=imagenet workers' per-image work, cnnlab.data.ImageAugment)
+                 data=imagenet workers' per-image work, cnnlab.data.ImageAugment), in a plain loop
+    imagefolder  the same work as delivered by the real loader: ImageFolderDataModule's DataLoader with --workers
+                 worker processes (sampler, collate into uint8 batches of 64, inter-process transfer); per worker
     decode_jpeg  torchvision.io.decode_jpeg on the file bytes, the same box, TF.resized_crop (antialiased), flip
     FFCV         the .beton written by `python -m cnnlab.data.ffcv`, decoded + cropped + flipped in FFCV's
-                 compiled pipeline with 1 thread (the data=imagenet_ffcv loader's per-image work)
+                 compiled pipeline with 1 thread (the data=imagenet_ffcv loader's per-image work); needs the ffcv
+                 extra (and OpenCV): skipped with a message where they are not installed
 
 Every path gets the same images and the same crop sampler; each pass is timed after a warm-up pass (numba
 compilation, page cache) and the best of --repeats passes counts. torch, OpenCV and FFCV use one thread, so the figure
@@ -69,6 +72,21 @@ def ffcv_path(beton: Path, batch: int = 64):
     return run
 
 
+def imagefolder_path(root: Path, workers: int = 1, batch: int = 64):
+    """ImageFolderDataModule's training loader over root/train (one class folder), as data=imagenet runs it."""
+    from cnnlab.data import ImageFolderDataModule
+
+    data = ImageFolderDataModule(str(root), num_classes=len([d for d in (root / "train").iterdir() if d.is_dir()]),
+                                 batch_size=batch, num_workers=workers, augment=PRESET, val_dir="train")
+    data.setup()
+    loader = data.train_dataloader()  # drop_last: a pass yields len(files) // batch full batches
+
+    def run(_files) -> int:
+        return sum(len(x) for x, _, _ in loader)
+
+    return run
+
+
 def timed(fn, files, repeats: int) -> float:
     fn(files)  # warm-up: compilation, page cache
     best = 0.0
@@ -85,14 +103,18 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2000, help="images (spread over the classes of train/)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--upscale", default=None, help="WxH: re-encode the images at this size first (quality 90)")
-    p.add_argument("--paths", nargs="+", default=["pil", "decode_jpeg", "ffcv"])
+    p.add_argument("--paths", nargs="+", default=["pil", "imagefolder", "decode_jpeg", "ffcv"])
+    p.add_argument("--workers", type=int, default=1, help="the imagefolder path's DataLoader workers")
     p.add_argument("--max-side", type=int, default=1024, help="the .beton's longer-side cap (ffcv-imagenet: 400-512)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     torch.set_num_threads(1)
-    import cv2
+    try:
+        import cv2
 
-    cv2.setNumThreads(1)
+        cv2.setNumThreads(1)  # FFCV resizes with OpenCV
+    except ImportError:
+        pass
     files, labels, _ = list_image_folder(a.root / "train")
     files = [files[i] for i in np.linspace(0, len(files) - 1, a.images).astype(int)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,16 +133,26 @@ def main() -> None:
         rates = {}
         for name in a.paths:
             if name == "ffcv":
+                try:
+                    import cv2  # noqa: F401
+                    import ffcv  # noqa: F401
+                except ImportError as err:
+                    print(f"{name:12s} skipped: {err.name} is not installed (pip install -e '.[ffcv]', README)")
+                    continue
                 from cnnlab.data.write_ffcv import write_beton
 
                 write_beton(tmp / "images" / "train", tmp / "train.beton", max_side=a.max_side, quality=90, workers=1)
                 rates[name] = timed(ffcv_path(tmp / "train.beton"), files, a.repeats)
+            elif name == "imagefolder":
+                batch = min(64, max(1, len(files) // 2))  # a pass drops its last partial batch
+                rates[name] = timed(imagefolder_path(tmp / "images", a.workers, batch), files, a.repeats) / a.workers
             else:
                 rates[name] = timed({"pil": pil_path, "decode_jpeg": decode_jpeg_path}[name], files, a.repeats)
-            print(f"{name:12s} {rates[name]:8.1f} images/s on 1 core")
+            print(f"{name:12s} {rates[name]:8.1f} images/s on 1 core"
+                  + (f" (per worker, {a.workers} workers)" if name == "imagefolder" else ""), flush=True)
     result = {"images": len(files), "mean_pixels": float(pixels), "upscale": a.upscale, "max_side": a.max_side,
-              "rates": rates,
-              "load_average": os.getloadavg(), "cores_for_2500": {k: 2500 / v for k, v in rates.items()}}
+              "rates": rates, "workers": a.workers,
+              "load_average": os.getloadavg(), "cores_for_2500": {k: 2500 / v for k, v in rates.items() if v}}
     print(json.dumps(result, indent=1))
     if a.json:
         a.json.write_text(json.dumps(result, indent=1))

@@ -3,6 +3,7 @@ the fast CIFAR-10 recipe (experiment=cifar10_fast) composes as airbench94 and tr
 
 import csv
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from conftest import compose_run, run_train
 
+from cnnlab.callbacks import significant
 from cnnlab.data import InMemoryDataModule
 from cnnlab.models import FastNet
 from cnnlab.module import param_groups
@@ -52,6 +54,13 @@ def test_every_run_logs_throughput_data_wait_gmacs_and_flop_rate(tmp_path, caplo
         assert r["perf/tflops"] == pytest.approx(6 * 0.04055e9 * r["perf/images_per_s"] / 1e12, rel=1e-3)
     log = caplog.text
     assert "0.0406 GMACs per image" in log and "epoch 1:" in log and "waiting for data" in log
+    rate = re.search(r"epoch 1: ([0-9.]+) images/s", log).group(1)  # 3 significant figures, not "2 images/s"
+    assert len(rate.replace(".", "").lstrip("0")) >= 3
+
+
+def test_console_rates_keep_three_significant_figures():
+    assert [significant(x) for x in (2.3456, 58.24, 999.96, 12345.6, 0.012345)] == [
+        "2.35", "58.2", "1000", "12346", "0.0123"]
 
 
 def test_warns_when_the_loader_is_the_bottleneck(tmp_path):

@@ -2,6 +2,7 @@
 GMACs and hence the achieved FLOP rate, and a warning when the data loader is the bottleneck."""
 
 import logging
+import math
 import time
 
 import lightning as L
@@ -22,6 +23,13 @@ def forward_macs(model: torch.nn.Module, x: torch.Tensor) -> float:
     finally:
         model.train(was_training)
     return counter.get_total_flops() / 2
+
+
+def significant(x: float, digits: int = 3) -> str:
+    """x to `digits` significant figures, in plain notation: 2.3456 -> '2.35', 12345.6 -> '12346' (never '1.23e+04')."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:.0f}"
+    return f"{x:.{max(0, digits - 1 - math.floor(math.log10(abs(x))))}f}"
 
 
 class Throughput(L.Callback):
@@ -125,6 +133,6 @@ class Throughput(L.Callback):
         self.summary = self._metrics(self._epoch)
         s = self.summary
         rank_zero_only(log.info)(
-            "epoch %d: %.0f images/s, %.1f ms per step of which %.1f ms (%.0f%%) waiting for data; %.4f GMACs per "
-            "image -> %.3f TFLOP/s achieved", trainer.current_epoch, s["perf/images_per_s"], s["perf/step_ms"],
-            s["perf/data_ms"], 100 * s["perf/data_wait"], s["perf/gmacs"], s["perf/tflops"])
+            "epoch %d: %s images/s, %.1f ms per step of which %.1f ms (%.0f%%) waiting for data; %.4f GMACs per "
+            "image -> %.3f TFLOP/s achieved", trainer.current_epoch, significant(s["perf/images_per_s"]),
+            s["perf/step_ms"], s["perf/data_ms"], 100 * s["perf/data_wait"], s["perf/gmacs"], s["perf/tflops"])

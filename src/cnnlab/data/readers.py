@@ -51,6 +51,10 @@ def folder_splits(root: Path) -> dict[str, Path] | None:
 def read_cifar(name: str, root: Path, train: bool, download: bool, image_size: int, cache_dir: Path) -> Tensors:
     """CIFAR-10/100 from image folders or the python-pickle format, whichever `root` holds."""
     cls, pickle_dir = CIFAR[name]
+    if root.is_file():  # one file packed by `python -m cnnlab.data.pack` (GPU machines the folder cannot travel to)
+        from cnnlab.data.pack import read_packed
+
+        return read_packed(root, train, image_size)
     if folders := folder_splits(root):
         return read_image_folder(folders["train" if train else "test"], image_size, 3, cache_dir)
     if root.name == pickle_dir:
