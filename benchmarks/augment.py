@@ -1,7 +1,7 @@
 """In-memory CIFAR loader vs the training step it feeds: can the data side ever be the bottleneck?
 
 Times what the in-memory loader does per training batch (gather the batch's uint8 images, random pad-crop and flip
-with cnnlab.data.BatchAugment, normalize to float) against one training step (forward, backward, SGD) of each model on
+with cnnlab.data.Augment.batch, normalize to float) against one training step (forward, backward, SGD) of each model on
 a batch of the same size. Each figure is the median of `--reps` calls; the best of `--repeats` such medians counts,
 and the spread of the medians is printed beside it (the machine is shared).
 

@@ -1,11 +1,11 @@
 """Loader throughput per CPU core: JPEG decode + RandomResizedCrop(224) + horizontal flip, one thread, four paths.
 
     PIL          PIL decode (+ CMYK/grey -> RGB), the inception preset's crop box, one crop+resize, flip (the
-                 data=imagenet workers' per-image work, cnnlab.data.ImageAugment), in a plain loop
+                 data=imagenet workers' per-image work, cnnlab.data.Augment.image), in a plain loop
     imagefolder  the same work as delivered by the real loader: ImageFolderDataModule's DataLoader with --workers
                  worker processes (sampler, collate into uint8 batches of 64, inter-process transfer); per worker
     decode_jpeg  torchvision.io.decode_jpeg on the file bytes, the same box, TF.resized_crop (antialiased), flip
-    FFCV         the .beton written by `python -m cnnlab.data.ffcv`, decoded + cropped + flipped in FFCV's
+    FFCV         the .beton written by `python -m cnnlab.data.write_ffcv`, decoded + cropped + flipped in FFCV's
                  compiled pipeline with 1 thread (the data=imagenet_ffcv loader's per-image work); needs the ffcv
                  extra (and OpenCV): skipped with a message where they are not installed
 
