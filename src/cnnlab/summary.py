@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from cnnlab.transfer import architecture
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 OPTIONS = ("input_size", "num_classes", "zoo")
@@ -89,7 +88,7 @@ def profile(model: nn.Module, x: torch.Tensor) -> tuple[list[dict], FlopCounterM
 
 def build(cfg: DictConfig, size: int) -> tuple[nn.Module, torch.Tensor]:
     with torch.device("meta"):
-        model = architecture(cfg.model).eval()
+        model = instantiate(cfg.model).eval()
         x = torch.empty(1, cfg.data.in_channels, size, size)
     return model, x
 
