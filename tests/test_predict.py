@@ -117,7 +117,7 @@ def synthetic_ckpt(tmp_path_factory) -> Path:
     return run / "checkpoints" / "last.ckpt"
 
 
-def test_bad_checkpoint_image_or_override_fails_clearly(synthetic_ckpt, tmp_path):
+def test_bad_checkpoint_image_or_override_fails_clearly(synthetic_ckpt, tmp_path, capsys):
     ckpt = synthetic_ckpt
     with pytest.raises(ValueError, match=r"does not fit this model(.|\n)*missing from the checkpoint: layer1.3"):
         load(ckpt, ["model.depths=[5,5,5]"])
@@ -126,10 +126,16 @@ def test_bad_checkpoint_image_or_override_fails_clearly(synthetic_ckpt, tmp_path
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="plain.pt is not a cnnlab checkpoint"):
         load(tmp_path / "plain.pt")
-    with pytest.raises(FileNotFoundError, match="no image file or folder at image=.*missing.jpg"):
+    with pytest.raises(SystemExit):  # reported as @hydra.main reports an error: the message, exit status 1
         main([f"ckpt={ckpt}", f"image={tmp_path}/missing.jpg"])
-    with pytest.raises(FileNotFoundError, match="no checkpoint at ckpt="):
+    assert re.search("no image file or folder at image=.*missing.jpg", capsys.readouterr().err)
+    with pytest.raises(SystemExit, match=r"ckpt=.*none.ckpt: no such file"):
         main([f"ckpt={tmp_path}/none.ckpt", f"image={tmp_path}"])
+    with pytest.raises(SystemExit, match=r"usage: python -m cnnlab.predict ckpt=<checkpoint>"):
+        main([f"image={tmp_path}"])
+    with pytest.raises(SystemExit):  # Hydra's grammar: a typo in a tool key fails as in train.py
+        main([f"ckpt={ckpt}", f"image={tmp_path}", "top_k=3"])
+    assert "Could not override 'top_k'" in capsys.readouterr().err
 
 
 def test_folder_output_mirrors_subfolders(synthetic_ckpt, tmp_path, capsys):

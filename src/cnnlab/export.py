@@ -6,9 +6,9 @@
 The exported network takes what cnnlab.predict feeds the model: N x C x H x W float images, preprocessed and
 normalized as the checkpoint's eval data config says (any N); it returns N x K logits. The export is run on a sample
 batch of that shape and its outputs compared with the checkpoint's; a difference beyond the tolerances raises.
-The classes, mean, std and input shape travel with the file as one JSON object, {"classes": [...], "mean": [...],
-"std": [...], "input_shape": [C, H, W]}: TorchScript's extra file `cnnlab.json`, ONNX's metadata property `cnnlab`
-(ONNX properties are strings: one json.loads gives the same object). The command line is Hydra's (cnnlab.cli): the
+The classes, mean, std and input shape travel with the file as one JSON object (metadata()): {"classes": [...],
+"mean": [...], "std": [...], "input_shape": [C, H, W]}, TorchScript's extra file `cnnlab.json`, ONNX's metadata
+property `cnnlab` (one json.loads of the string gives the object). The command line is Hydra's (cnnlab.cli): the
 keys above are conf/export.yaml's, `--help` lists them. ONNX needs the `export` extra: pip install -e '.[export]'
 (onnx, onnxscript, onnxruntime).
 """
@@ -29,9 +29,10 @@ METADATA_KEY = "cnnlab"  # the ONNX metadata property; TorchScript's extra file 
 
 
 def metadata(ck: Checkpoint) -> dict:
-    """What a consumer of the exported file needs to preprocess images and name the outputs."""
-    return {"classes": ck.classes, "mean": ck.mean.tolist(), "std": ck.std.tolist(),
-            "input_shape": list(ck.input_shape())}
+    """What a consumer of the exported file needs to preprocess images and name the outputs: mean and std per
+    channel ([C], 0-1 scale), or per pixel ([C][H][W], He et al.'s mean image)."""
+    mean, std = (t.flatten().tolist() if t.shape[1:] == (1, 1) else t.tolist() for t in (ck.mean, ck.std))
+    return {"classes": ck.classes, "mean": mean, "std": std, "input_shape": list(ck.input_shape())}
 
 
 def torchscript(ck: Checkpoint, x: torch.Tensor, out: Path):
