@@ -4,10 +4,10 @@ import pytest
 import torch
 import torchvision
 from conftest import compose_run
+from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.models import LeNet5, ResNet
-from cnnlab.transfer import architecture
 
 # He et al. 2016 CIFAR ResNets with option A shortcuts; the plain twins have the same count.
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
@@ -29,7 +29,7 @@ def test_cifar_resnet_and_plain_configs_match_the_paper(depth, tmp_path):
     names = [f"resnet{depth}"] + ([f"plain{depth}"] if depth <= 110 else [])
     for name in names:
         with torch.device("meta"):
-            model = architecture(compose_run([f"model={name}", "data=synthetic"], tmp_path).model)
+            model = instantiate(compose_run([f"model={name}", "data=synthetic"], tmp_path).model)
         assert params(model) == CIFAR_PARAMS[depth], name
         assert model.residual == name.startswith("resnet")
 

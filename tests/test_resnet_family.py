@@ -6,12 +6,12 @@ import pytest
 import torch
 import torchvision
 from conftest import CONF, compose_run
+from hydra.utils import instantiate
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import SqueezeExcitation
 
 from cnnlab.models import ResNet
-from cnnlab.transfer import architecture
 
 torch.set_num_threads(1)
 
@@ -48,7 +48,7 @@ PINNED_IN_TEST_MODELS = {f"{kind}{d}" for kind in ("resnet", "plain") for d in (
 
 def build(name: str, tmp_path, *overrides: str) -> nn.Module:
     with torch.device("meta"):
-        return architecture(compose_run([f"model={name}", "data=synthetic", *overrides], tmp_path).model)
+        return instantiate(compose_run([f"model={name}", "data=synthetic", *overrides], tmp_path).model)
 
 
 def count(model: nn.Module) -> int:
@@ -95,7 +95,7 @@ def test_stride_in_1x1_gives_the_papers_v1_complexity(depths, paper) -> None:
 @pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d"])
 def test_torchvision_weights_give_torchvision_outputs(name: str, tmp_path) -> None:
     torch.manual_seed(0)
-    ours = architecture(compose_run([f"model={name}", "data=synthetic", "data.num_classes=1000"], tmp_path).model)
+    ours = instantiate(compose_run([f"model={name}", "data=synthetic", "data.num_classes=1000"], tmp_path).model)
     with torch.device("meta"):  # skip torchvision's init: its weights come from ours
         theirs = getattr(torchvision.models, name)()
     theirs = theirs.to_empty(device="cpu")
@@ -139,7 +139,7 @@ def test_stochastic_depth_drops_blocks_in_training_only() -> None:
 
 
 def test_wrn_dropout_between_the_convs(tmp_path) -> None:
-    model = architecture(compose_run(["model=wrn28_10", "data=synthetic"], tmp_path).model)
+    model = instantiate(compose_run(["model=wrn28_10", "data=synthetic"], tmp_path).model)
     assert model.conv1.out_channels == 16 and model.layer1[0].conv1.out_channels == 160
     assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.3] * 12
 

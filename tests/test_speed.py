@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose_run, run_train
+from hydra.utils import instantiate
 
 from cnnlab.data import InMemoryDataModule
 from cnnlab.models import FastNet
 from cnnlab.module import param_groups
 from cnnlab.schedule import triangular
-from cnnlab.transfer import architecture
 
 TINY = ["data=synthetic", "data.synthetic_size=[192,64]", "data.batch_size=32", "trainer.accelerator=cpu",
         "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0", "callbacks.throughput.window=2",
@@ -93,7 +93,7 @@ def test_cifar10_fast_runs_as_configured_for_a_gpu(tmp_path):
 
 def test_fast_networks_pinned_parameters_and_macs(tmp_path):
     for name, params, trained in (("airbench94", 1_972_792, 1_971_352), ("resnet9", 6_573_120, 6_570_880)):
-        model = architecture(compose_run([f"model={name}", "data=synthetic"], tmp_path / name).model)
+        model = instantiate(compose_run([f"model={name}", "data=synthetic"], tmp_path / name).model)
         assert sum(p.numel() for p in model.parameters()) == params, name
         assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trained, name
     from cnnlab.callbacks import forward_macs

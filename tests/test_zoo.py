@@ -7,11 +7,11 @@ import pytest
 import torch
 import torchvision
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.models import VGG, AlexNet, DenseNet, FractalNet, GoogLeNet
-from cnnlab.transfer import architecture
 
 torch.set_num_threads(1)
 CONF = Path(__file__).parents[1] / "conf"
@@ -46,7 +46,7 @@ SMALL = {
 def build(name: str, data: str = "synthetic", *overrides: str) -> nn.Module:
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("train", overrides=[f"model={name}", f"data={data}", *overrides])
-    return architecture(cfg.model)
+    return instantiate(cfg.model)
 
 
 def count(model: nn.Module) -> int:
