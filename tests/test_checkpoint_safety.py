@@ -65,6 +65,16 @@ def test_every_target_of_the_configs_is_allowed_and_others_are_not():
         check_targets({"model": {"depths": ["${oc.env:X}"]}}, "run")
 
 
+def test_own_packages_are_trusted_only_when_listed(monkeypatch):
+    monkeypatch.setenv("CNNLAB_TRUSTED_TARGETS", "conftest, mylab")
+    check_targets({"callbacks": {"crash": {"_target_": "conftest.InterruptAt", "step": 3}}})
+    with pytest.raises(ValueError, match="'conftest.os.system' resolves to posix.system"):  # still no walking out
+        check_targets({"_target_": "conftest.os.system"})
+    monkeypatch.delenv("CNNLAB_TRUSTED_TARGETS")
+    with pytest.raises(ValueError, match=r"config.callbacks.crash._target_='conftest.InterruptAt' is not allowed"):
+        check_targets({"callbacks": {"crash": {"_target_": "conftest.InterruptAt", "step": 3}}})
+
+
 def crafted(ckpt: Path, tmp_path: Path, group: str, node: dict) -> Path:
     """The real checkpoint with one group of its stored run config replaced by `node`."""
     state = torch.load(ckpt, weights_only=True)

@@ -147,3 +147,15 @@ def test_folder_output_mirrors_subfolders(synthetic_ckpt, tmp_path, capsys):
     assert len(printed_top5(capsys.readouterr().out)) == 2
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
         "a/0.png", "b/0.png"]
+
+
+def test_checkpoints_from_before_transfer_weights_still_load(synthetic_ckpt, tmp_path):
+    """Run configs saved while model configs carried `pretrained:`: the key is dropped, the model builds."""
+    state = torch.load(synthetic_ckpt, weights_only=True)
+    state["hyper_parameters"]["run_config"]["model"]["pretrained"] = None
+    torch.save(state, tmp_path / "old.ckpt")
+    ck = load(tmp_path / "old.ckpt")
+    assert "pretrained" not in ck.cfg.model
+    x = torch.randn(2, *ck.input_shape())
+    with torch.no_grad():
+        torch.testing.assert_close(ck.model(x), load(synthetic_ckpt).model(x))

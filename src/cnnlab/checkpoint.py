@@ -28,6 +28,8 @@ TARGET_MODULES = ("cnnlab.models", "cnnlab.data", "cnnlab.evaluation", "cnnlab.m
                   "lightning.pytorch.profilers", "lightning.fabric.plugins", "lightning.fabric.accelerators")
 # Plain functions are targets only here: the LR schedules (`_partial_`) and the W&B logger factory.
 FUNCTION_MODULES = ("cnnlab.schedule", "cnnlab.loggers")
+# Your own packages, trusted like cnnlab (their classes and functions): CNNLAB_TRUSTED_TARGETS=mylab,otherlab.callbacks
+TRUSTED_ENV = "CNNLAB_TRUSTED_TARGETS"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -143,8 +145,10 @@ def check_targets(cfg: Any, where: str = "config") -> None:
 def _check_target(target: Any, key: str) -> None:
     from hydra._internal.utils import _locate  # Hydra's own resolution of `_target_`, as instantiate does it
 
-    allowed = "cnnlab's own classes and the torch.optim / Lightning classes its configs use (TARGET_MODULES)"
-    if (not isinstance(target, str) or not target.startswith(TARGET_PREFIXES)
+    allowed = (f"cnnlab's own classes and the torch.optim / Lightning classes its configs use (TARGET_MODULES), or "
+               f"packages listed in ${TRUSTED_ENV}")
+    trusted = tuple(p.strip() for p in os.environ.get(TRUSTED_ENV, "").split(",") if p.strip())
+    if (not isinstance(target, str) or not target.startswith((*TARGET_PREFIXES, *(f"{p}." for p in trusted)))
             or any(not p.isidentifier() or p.startswith("_") for p in target.split("."))):
         raise ValueError(f"{key}={target!r} is not allowed: a config rebuilt from a file may only name {allowed}")
     try:
@@ -153,7 +157,8 @@ def _check_target(target: Any, key: str) -> None:
         raise ValueError(f"{key}={target!r} does not name a class: {_first_line(err)}") from None
     module = getattr(obj, "__module__", "") or ""
     if not ((inspect.isclass(obj) and _inside(module, TARGET_MODULES))
-            or (inspect.isfunction(obj) and _inside(module, FUNCTION_MODULES))):
+            or (inspect.isfunction(obj) and _inside(module, FUNCTION_MODULES))
+            or ((inspect.isclass(obj) or inspect.isfunction(obj)) and _inside(module, trusted))):
         raise ValueError(f"{key}={target!r} resolves to {module}.{getattr(obj, '__qualname__', type(obj).__name__)}"
                          f", which is not allowed: a config rebuilt from a file may only name {allowed}")
 
