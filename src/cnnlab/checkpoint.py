@@ -10,7 +10,7 @@ import inspect
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +113,8 @@ def load_checkpoint(path: str | Path, key: str = "ckpt", map_location: Any = "cp
                          ) from None
     if not isinstance(obj, Mapping):
         raise ValueError(f"{key}={path} holds a {type(obj).__name__}, not a checkpoint or state dict")
-    run_config = (obj.get("hyper_parameters") or {}).get("run_config") if isinstance(
-        obj.get("hyper_parameters"), Mapping) else None
+    hparams = obj.get("hyper_parameters")
+    run_config = hparams.get("run_config") if isinstance(hparams, Mapping) else None
     if run_config is not None:
         check_targets(run_config, f"{key}={path}: run_config")
     return dict(obj)
@@ -135,7 +135,7 @@ def check_targets(cfg: Any, where: str = "config") -> None:
                 _check_target(v, name)
             else:
                 check_targets(v, name)
-    elif isinstance(cfg, list | tuple):
+    elif isinstance(cfg, Sequence) and not isinstance(cfg, str | bytes):  # lists, tuples, ListConfig
         for i, v in enumerate(cfg):
             check_targets(v, f"{where}[{i}]")
     elif isinstance(cfg, str) and "${" in cfg:
