@@ -11,7 +11,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cluster import is_global_zero, resume_path
-from cnnlab.transfer import build_model
 
 log = logging.getLogger("train")
 
@@ -31,7 +30,7 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
 
     data = instantiate(cfg.data, augment=instantiate(cfg.augment), _convert_="all")
-    model = build_model(cfg)  # cfg.model, from model.pretrained with cfg.transfer's strategy when given
+    model = instantiate(cfg.transfer)(instantiate(cfg.model), cfg)  # from transfer.weights, if given
     module = instantiate(cfg.module, model=model, optimizer=instantiate(cfg.optim), schedule=instantiate(cfg.schedule),
                          run_config=OmegaConf.to_container(cfg, resolve=True), _recursive_=False, _convert_="all")
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]

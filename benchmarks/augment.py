@@ -20,8 +20,6 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from cnnlab.transfer import architecture
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,7 +62,7 @@ def main() -> None:
     batch, labels = load(), y[: args.batch]
     for name in args.models:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            model = architecture(compose("train", overrides=[f"model={name}"]).model).train()
+            model = instantiate(compose("train", overrides=[f"model={name}"]).model).train()
         opt = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=0.01, momentum=0.9)
 
         def step(model=model, opt=opt) -> None:

@@ -170,8 +170,7 @@ def plain_loop(spec: dict) -> dict:
 
     from cnnlab.callbacks import forward_macs
     from cnnlab.module import param_groups
-    from cnnlab.transfer import architecture
-
+    
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=spec["overrides"])
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -181,7 +180,7 @@ def plain_loop(spec: dict) -> dict:
     data.setup()
     x, y = data.splits["train"].x.to(dev), data.splits["train"].y.to(dev)
     data.mean, data.std = data.mean.to(dev), data.std.to(dev)
-    model = architecture(cfg.model).to(dev)
+    model = instantiate(cfg.model).to(dev)
     macs = forward_macs(model, data.normalize(x[:1]))
     cl, precision = cfg.module.channels_last, cfg.trainer.precision
     if cl:

@@ -24,8 +24,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from cnnlab.transfer import architecture
-
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {  # Hydra overrides of conf/train.yaml; data.root and the batch are added from the arguments
     "resnet20_cifar": ["model=resnet20", "data=cifar10"],
@@ -79,7 +77,7 @@ def plain_loop(args: argparse.Namespace, tmp: Path) -> float:
     data = instantiate(cfg.data, augment=instantiate(cfg.augment), _convert_="all")
     data.setup()
     x, y = data.splits["train"].x, data.splits["train"].y
-    model = architecture(cfg.model)
+    model = instantiate(cfg.model)
     opt = instantiate(cfg.optim)(model.parameters())
     g = torch.Generator().manual_seed(0)
     order, times = torch.randperm(len(y)), []

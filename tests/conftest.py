@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 DATASETS = Path(os.environ.get("CNNLAB_DATASETS", ROOT.parent / "shared" / "datasets"))
 sys.path.insert(0, str(ROOT))  # train.py lives at the top level
+os.environ.setdefault("CNNLAB_TRUSTED_TARGETS", "conftest")  # runs with InterruptAt resume, as a user's own package
 
 
 def compose_run(overrides: list[str], run_dir: Path) -> DictConfig:

@@ -29,8 +29,10 @@ def test_torchscript_export_reproduces_the_checkpoint(ckpt, tmp_path, capsys):
     extra = {"cnnlab.json": ""}
     scripted = torch.jit.load(str(tmp_path / "model.pt"), _extra_files=extra)
     ck = load(ckpt)
-    meta = json.loads(extra["cnnlab.json"])
-    assert json.loads(meta["classes"]) == ck.classes and json.loads(meta["input_shape"]) == [3, 32, 32]
+    meta = json.loads(extra["cnnlab.json"])  # one level: lists, not JSON strings inside JSON
+    assert meta == {"classes": ck.classes, "mean": ck.mean.flatten().tolist(), "std": ck.std.flatten().tolist(),
+                    "input_shape": [3, 32, 32]}
+    assert meta["classes"] == [f"class{i}" for i in range(10)] and len(meta["mean"]) == 3
     x = torch.randn(7, 3, 32, 32)  # another batch size than the traced one
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), ck.model(x), atol=1e-5, rtol=1e-5)
@@ -53,7 +55,8 @@ def test_onnx_export_reproduces_the_checkpoint_in_onnxruntime(model, ckpt, tmp_p
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), ck.model(x), atol=1e-4, rtol=1e-4)
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
-    assert json.loads(props["classes"]) == ck.classes and len(json.loads(props["mean"])) == 3
+    meta = json.loads(props["cnnlab"])  # one property, one parse
+    assert meta["classes"] == ck.classes and meta["input_shape"] == [3, 32, 32] and len(meta["std"]) == 3
 
 
 class Noisy(nn.Module):

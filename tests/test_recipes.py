@@ -11,7 +11,7 @@ from cnnlab import papers
 from cnnlab.models import AlexNet
 from cnnlab.report.ilsvrc import paper_row as ilsvrc_row
 from cnnlab.report.recipes import paper_row as recipe_row
-from cnnlab.transfer import architecture
+from hydra.utils import instantiate
 
 torch.set_num_threads(1)
 
@@ -57,7 +57,7 @@ def gmacs(model: torch.nn.Module, size: int = 224) -> float:
 
 def build(overrides: list[str], tmp_path) -> torch.nn.Module:
     with torch.device("meta"):
-        return architecture(compose_run([*overrides, "data=synthetic", "data.num_classes=1000"], tmp_path).model)
+        return instantiate(compose_run([*overrides, "data=synthetic", "data.num_classes=1000"], tmp_path).model)
 
 
 @pytest.mark.parametrize("experiment", RECIPES)
@@ -90,7 +90,7 @@ def test_resnet18_34_compare_like_with_like(experiment, shortcut, params, paper_
     cfg = compose_run([f"experiment={experiment}", "data.num_classes=1000"], tmp_path)
     assert cfg.model.shortcut == shortcut
     with torch.device("meta"):
-        assert sum(p.numel() for p in architecture(cfg.model).parameters()) == params
+        assert sum(p.numel() for p in instantiate(cfg.model).parameters()) == params
     row = ilsvrc_row(cfg.hydra.runtime.choices.model, OmegaConf.to_container(cfg, resolve=False))
     assert paper_row in row["row"] and row["crop10"] == crop10
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose_run, run_train
+from hydra.utils import instantiate
 
 from cnnlab.callbacks import significant
 from cnnlab.data import InMemoryDataModule
@@ -18,7 +19,6 @@ from cnnlab.models import FastNet
 from cnnlab.module import param_groups
 from cnnlab.schedule import triangular
 from cnnlab.summary import read_record
-from cnnlab.transfer import architecture
 
 TINY = ["data=synthetic", "data.synthetic_size=[192,64]", "data.batch_size=32", "trainer.accelerator=cpu",
         "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0", "callbacks.throughput.window=2",
@@ -105,7 +105,7 @@ def test_fast_networks_train_all_but_the_whitening_and_bn_scales(tmp_path):
     """Sizes are pinned in conf/zoo.json (tests/test_zoo.py); here: what is frozen, and the logged GMACs are its."""
     for name in ("airbench94", "resnet9"):
         cfg = compose_run([f"model={name}", "data=synthetic"], tmp_path / name)
-        model = architecture(cfg.model)
+        model = instantiate(cfg.model)
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         bn_scales = sum(m.num_features for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
         assert frozen == bn_scales + (model.stem[0].weight.numel() if cfg.model.stem == "whiten" else 0), name

@@ -1,15 +1,19 @@
 """Transfer learning through train.py: linear probe, last-k-stage and full fine-tuning from a real tiny checkpoint or
-torchvision weights in a local hub cache; frozen weights and BN statistics stay put; mismatches fail clearly."""
+torchvision weights in a local hub cache; frozen weights and BN statistics stay put; mismatches fail clearly. And
+building a network needs nothing of it: instantiate(cfg.model) alone builds every model config (test_configs)."""
 
+import ast
 import csv
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-from conftest import compose_run, run_train
+from conftest import ROOT, compose_run, run_train
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-from cnnlab.transfer import build_model, stages
+from cnnlab.transfer import stages
 
 TINY = ["data=synthetic", "data.synthetic_size=[64,32]", "data.batch_size=16", "trainer.accelerator=cpu",
         "trainer.log_every_n_steps=1", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0"]
@@ -23,6 +27,11 @@ def pretrained(tmp_path_factory) -> Path:
     return run / "checkpoints" / "last.ckpt"
 
 
+def build_model(cfg: DictConfig) -> torch.nn.Module:
+    """The network train.py builds."""
+    return instantiate(cfg.transfer)(instantiate(cfg.model), cfg)
+
+
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
@@ -30,7 +39,7 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 def fine_tune(pretrained: Path, run: Path, *overrides: str) -> dict[str, torch.Tensor]:
     """Two epochs on 5 new synthetic classes (Lightning calls model.train() at each); the final weights."""
-    run_train([*TINY, "data.num_classes=5", "trainer.max_epochs=2", f"model.pretrained={pretrained}", *overrides], run)
+    run_train([*TINY, "data.num_classes=5", "trainer.max_epochs=2", f"transfer.weights={pretrained}", *overrides], run)
     return weights(run / "checkpoints" / "last.ckpt")
 
 
@@ -76,7 +85,7 @@ def test_torchvision_weights_load_from_the_local_hub_cache(tmp_path, monkeypatch
     (tmp_path / "torch/hub/checkpoints").mkdir(parents=True)
     torch.save(reference, tmp_path / "torch/hub/checkpoints" / weights_name.url.rsplit("/", 1)[1])
     run_train([*TINY, "data.batch_size=32", "data.eval_batch_size=32", "model=resnet18", "trainer.max_epochs=1",
-               "model.pretrained=ResNet18_Weights.IMAGENET1K_V1", "transfer=linear_probe"], tmp_path / "run")
+               "transfer.weights=ResNet18_Weights.IMAGENET1K_V1", "transfer=linear_probe"], tmp_path / "run")
     after = weights(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert after["fc.weight"].shape == (10, 512)
     assert all(torch.equal(reference[k], after[k]) for k in reference if not k.startswith("fc."))
@@ -91,17 +100,15 @@ def test_densenet_files_with_torchvisions_old_key_names_load(tmp_path, monkeypat
     (tmp_path / "hub/checkpoints").mkdir(parents=True)
     torch.save(old, tmp_path / "hub/checkpoints/densenet121-a639ec97.pth")
     model = build_model(compose_run(["model=densenet121", "data=synthetic",
-                                     "model.pretrained=DenseNet121_Weights.IMAGENET1K_V1"], tmp_path / "run"))
+                                     "transfer.weights=DenseNet121_Weights.IMAGENET1K_V1"], tmp_path / "run"))
     assert torch.equal(model.state_dict()["features.denseblock4.denselayer16.conv2.weight"],
                        reference["features.denseblock4.denselayer16.conv2.weight"])
 
 
 def test_stages_are_the_papers_resolution_groups(tmp_path):
-    from cnnlab.transfer import architecture
-
     with torch.device("meta"):
-        resnet50 = architecture(compose_run(["model=resnet50", "data=synthetic"], tmp_path).model)
-        vgg16 = architecture(compose_run(["model=vgg16", "data=synthetic"], tmp_path).model)
+        resnet50 = instantiate(compose_run(["model=resnet50", "data=synthetic"], tmp_path).model)
+        vgg16 = instantiate(compose_run(["model=vgg16", "data=synthetic"], tmp_path).model)
     # He et al. 2016, Table 1: conv1 (112), conv2_x (56), conv3_x (28), conv4_x (14), conv5_x (7)
     assert [s[0] for s in stages(resnet50, (1, 3, 224, 224))] == ["conv1", "layer1.0", "layer2.0", "layer3.0",
                                                                   "layer4.0"]
@@ -115,28 +122,43 @@ def test_mismatches_and_bad_settings_fail_naming_them(pretrained, tmp_path):
         return build_model(compose_run(["data=synthetic", *overrides], tmp_path))
 
     with pytest.raises(ValueError, match=r"does not fit this model(.|\n)*missing from the checkpoint: layer1.3"):
-        build("model=resnet32", f"model.pretrained={pretrained}")
+        build("model=resnet32", f"transfer.weights={pretrained}")
     with pytest.raises(ValueError, match=r"conv1.weight: checkpoint \(16, 3, 3, 3\) vs model \(16, 1, 3, 3\)"):
-        build("data.in_channels=1", f"model.pretrained={pretrained}")
-    with pytest.raises(ValueError, match="needs model.pretrained"):
+        build("data.in_channels=1", f"transfer.weights={pretrained}")
+    with pytest.raises(ValueError, match="needs transfer.weights"):
         build("transfer=linear_probe")
     with pytest.raises(FileNotFoundError, match="nope.ckpt' is neither a checkpoint file nor a torchvision weights"):
-        build(f"model.pretrained={tmp_path}/nope.ckpt")
+        build(f"transfer.weights={tmp_path}/nope.ckpt")
     with pytest.raises(ValueError, match="ResNet18_Weights.NOPE' is not a torchvision weights name"):
-        build("model=resnet18", "model.pretrained=ResNet18_Weights.NOPE")
+        build("model=resnet18", "transfer.weights=ResNet18_Weights.NOPE")
     with pytest.raises(ValueError, match="train_stages=7 but the model has 3 stages"):
-        build(f"model.pretrained={pretrained}", "transfer=finetune_last", "transfer.train_stages=7")
+        build(f"transfer.weights={pretrained}", "transfer=finetune_last", "transfer.train_stages=7")
 
 
 def test_finetune_experiments_compose(tmp_path):
     cfg = compose_run(["experiment=finetune_imagenette"], tmp_path / "a")
-    assert cfg.model.pretrained == "ResNet50_Weights.IMAGENET1K_V1" and cfg.transfer.backbone_lr == 0.1
+    assert cfg.transfer.weights == "ResNet50_Weights.IMAGENET1K_V1" and cfg.transfer.backbone_lr == 0.1
     assert cfg.data.num_classes == 10 and cfg.data.root.endswith("imagenette2-224")
     cfg = compose_run(["experiment=finetune_cifar10"], tmp_path / "b")
-    assert cfg.model.pretrained and cfg.model.stem == "imagenet" and cfg.data.dataset == "cifar10"
+    assert cfg.transfer.weights and cfg.model.stem == "imagenet" and cfg.data.dataset == "cifar10"
 
 
 def test_frozen_bn_statistics_refuse_sync_batchnorm(pretrained, tmp_path):
     """SyncBN conversion would replace the frozen BN layers (and their hooks): fail before training, saying so."""
     with pytest.raises(ValueError, match="sync_batchnorm=true cannot keep frozen BN"):
         fine_tune(pretrained, tmp_path, "transfer=linear_probe", "trainer.sync_batchnorm=true")
+
+
+def test_only_train_py_reaches_cnnlab_transfer():
+    """summary, evaluate, predict, export, visualize build plain networks; only training starts from weights."""
+    importers = []
+    for f in [ROOT / "train.py", *sorted((ROOT / "src" / "cnnlab").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n == "cnnlab.transfer" or n.startswith("cnnlab.transfer.") for n in names):
+                importers.append(f.relative_to(ROOT).as_posix())
+    assert set(importers) <= {"train.py"}, importers
+    assert "cnnlab.transfer.Transfer" in (ROOT / "conf/transfer/none.yaml").read_text()  # train.py instantiates it
+    assert not [f.name for f in (ROOT / "conf" / "model").glob("*.yaml") if "pretrained:" in f.read_text()]

@@ -92,7 +92,7 @@ def test_gradcam_and_confusion_commands_on_the_checkpoint(run, tmp_path, capsys)
     assert (tmp_path / "cm.png").is_file()
 
 
-def test_bad_layer_channel_or_target_fail_naming_them(run, tmp_path):
+def test_bad_layer_channel_or_target_fail_naming_them(run, tmp_path, capsys):
     ck = load(run / "checkpoints" / "last.ckpt")
     with pytest.raises(ValueError, match="layer='layer9' is not a module of ResNet"):
         top9(ck, tmp_path / "a.png", layer="layer9")
@@ -101,9 +101,13 @@ def test_bad_layer_channel_or_target_fail_naming_them(run, tmp_path):
     with pytest.raises(ValueError, match="Grad-CAM needs a feature map, but layer fc outputs"):
         grad_cam(ck, torch.zeros(3, 32, 32), layer="fc")
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
-    with pytest.raises(ValueError, match="target='zebra' is neither a class name"):
+    with pytest.raises(SystemExit):  # reported as @hydra.main reports an error: the message, exit status 1
         main([f"ckpt={run}/checkpoints/last.ckpt", "what=gradcam", f"image={tmp_path}/x.png", "target=zebra",
               f"out={tmp_path}/c.png"])
+    assert "target='zebra' is neither a class name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([f"ckpt={run}/checkpoints/last.ckpt", "what=gradcam", f"out={tmp_path}/c.png"])
+    assert "what=gradcam needs image=<file>" in capsys.readouterr().err
 
 
 def test_confusion_and_top9_read_image_folder_test_sets(tmp_path):

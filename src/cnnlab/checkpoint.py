@@ -1,11 +1,35 @@
-"""Checkpoints that survive crashes, and a readable error when a checkpoint does not fit the model being trained."""
+"""Checkpoints that survive crashes, and a readable error when a checkpoint does not fit the model being trained.
 
+A checkpoint is data, never code: every file is read with `torch.load(weights_only=True)` (tensors and plain
+containers only), and the run config stored inside one is rebuilt only if each of its `_target_`s is one of cnnlab's
+own classes or the torch/Lightning classes its configs use (TARGET_MODULES), so a shared file cannot make
+`hydra.utils.instantiate` call `builtins.open`, `os.system` or `numpy.load(allow_pickle=True)`.
+"""
+
+import inspect
 import os
+import pickle
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+
+# A `_target_` path must start with one of these (checked before anything is imported) ...
+TARGET_PREFIXES = ("cnnlab.", "torch.optim.", "lightning.pytorch.")
+# ... and resolve to a class defined in one of these modules (or a submodule); the config groups' targets
+# (tests/test_checkpoint_safety.py checks every conf/ file against this list).
+TARGET_MODULES = ("cnnlab.models", "cnnlab.data", "cnnlab.evaluation", "cnnlab.module", "cnnlab.transfer",
+                  "cnnlab.callbacks", "cnnlab.checkpoint", "cnnlab.cluster", "torch.optim",
+                  "lightning.pytorch.trainer", "lightning.pytorch.callbacks", "lightning.pytorch.loggers",
+                  "lightning.pytorch.plugins", "lightning.pytorch.strategies", "lightning.pytorch.accelerators",
+                  "lightning.pytorch.profilers", "lightning.fabric.plugins", "lightning.fabric.accelerators")
+# Plain functions are targets only here: the LR schedules (`_partial_`) and the W&B logger factory.
+FUNCTION_MODULES = ("cnnlab.schedule", "cnnlab.loggers")
+# Your own packages, trusted like cnnlab (their classes and functions): CNNLAB_TRUSTED_TARGETS=mylab,otherlab.callbacks
+TRUSTED_ENV = "CNNLAB_TRUSTED_TARGETS"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -30,6 +54,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        """Lightning's resume (trainer.fit(ckpt_path=...)): tensors and plain data only, its run config checked."""
+        if "://" in str(path):  # remote storage: fsspec reads it, still weights-only
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return load_checkpoint(path, key="ckpt_path", map_location=map_location or "cpu")
 
 
 def _describe(run_config: dict | None) -> str:
@@ -58,3 +89,79 @@ def check_compatible(saved: dict[str, torch.Tensor], current: dict[str, torch.Te
             more = f" ... and {len(items) - show} more" if len(items) > show else ""
             lines.append(f"  {len(items)} {what}: " + ", ".join(items[:show]) + more)
     raise ValueError("\n".join(lines))
+
+
+def load_checkpoint(path: str | Path, key: str = "ckpt", map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint file's contents, read weights-only; its stored run config (if any) passes check_targets.
+
+    `key` names the setting the path came from, for the messages: an unreadable, truncated or non-checkpoint file
+    raises ValueError naming it and the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={path}: no such file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if named := re.search(r"Unsupported global: GLOBAL (\S+)", str(err)):  # torch refused to unpickle it
+            raise ValueError(f"{key}={path} holds Python objects other than tensors and plain containers (it names "
+                             f"{named[1]}); cnnlab reads checkpoints weights-only and never runs code a file names"
+                             ) from None
+        raise ValueError(f"{key}={path} is not a readable checkpoint (not a torch.save file: {_first_line(err)})"
+                         ) from None
+    except Exception as err:  # miniz's RuntimeError for a cut zip archive, EOFError, ...: any failure to read it
+        raise ValueError(f"{key}={path} is not a readable checkpoint (truncated or corrupt: {_first_line(err)})"
+                         ) from None
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{key}={path} holds a {type(obj).__name__}, not a checkpoint or state dict")
+    hparams = obj.get("hyper_parameters")
+    run_config = hparams.get("run_config") if isinstance(hparams, Mapping) else None
+    if run_config is not None:
+        check_targets(run_config, f"{key}={path}: run_config")
+    return dict(obj)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def check_targets(cfg: Any, where: str = "config") -> None:
+    """Raise ValueError unless every `_target_` in cfg (nested dicts and lists, any depth) is one of cnnlab's classes
+    or the torch.optim / Lightning classes its configs name (TARGET_MODULES), or a cnnlab schedule function; no
+    value may be an unresolved `${...}` interpolation (a resolver could compute a target after this check)."""
+    if isinstance(cfg, Mapping):
+        for k, v in cfg.items():
+            name = f"{where}.{k}"
+            if k == "_target_":
+                _check_target(v, name)
+            else:
+                check_targets(v, name)
+    elif isinstance(cfg, Sequence) and not isinstance(cfg, str | bytes):  # lists, tuples, ListConfig
+        for i, v in enumerate(cfg):
+            check_targets(v, f"{where}[{i}]")
+    elif isinstance(cfg, str) and "${" in cfg:
+        raise ValueError(f"{where}={cfg!r}: a stored run config holds resolved values, not interpolations")
+
+
+def _check_target(target: Any, key: str) -> None:
+    from hydra._internal.utils import _locate  # Hydra's own resolution of `_target_`, as instantiate does it
+
+    allowed = (f"cnnlab's own classes and the torch.optim / Lightning classes its configs use (TARGET_MODULES), or "
+               f"packages listed in ${TRUSTED_ENV}")
+    trusted = tuple(p.strip() for p in os.environ.get(TRUSTED_ENV, "").split(",") if p.strip())
+    if (not isinstance(target, str) or not target.startswith((*TARGET_PREFIXES, *(f"{p}." for p in trusted)))
+            or any(not p.isidentifier() or p.startswith("_") for p in target.split("."))):
+        raise ValueError(f"{key}={target!r} is not allowed: a config rebuilt from a file may only name {allowed}")
+    try:
+        obj = _locate(target)
+    except Exception as err:  # ImportError, AttributeError, ...: a target that does not exist
+        raise ValueError(f"{key}={target!r} does not name a class: {_first_line(err)}") from None
+    module = getattr(obj, "__module__", "") or ""
+    if not ((inspect.isclass(obj) and _inside(module, TARGET_MODULES))
+            or (inspect.isfunction(obj) and _inside(module, FUNCTION_MODULES))
+            or ((inspect.isclass(obj) or inspect.isfunction(obj)) and _inside(module, trusted))):
+        raise ValueError(f"{key}={target!r} resolves to {module}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+                         f", which is not allowed: a config rebuilt from a file may only name {allowed}")
+
+
+def _inside(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)

@@ -6,28 +6,33 @@
 The exported network takes what cnnlab.predict feeds the model: N x C x H x W float images, preprocessed and
 normalized as the checkpoint's eval data config says (any N); it returns N x K logits. The export is run on a sample
 batch of that shape and its outputs compared with the checkpoint's; a difference beyond the tolerances raises.
-The classes, mean, std and input shape travel with the file: TorchScript's extra file `cnnlab.json`, ONNX metadata
-properties of the same names. ONNX needs the `export` extra: pip install -e '.[export]' (onnx, onnxscript,
-onnxruntime).
+The classes, mean, std and input shape travel with the file as one JSON object (metadata()): {"classes": [...],
+"mean": [...], "std": [...], "input_shape": [C, H, W]}, TorchScript's extra file `cnnlab.json`, ONNX's metadata
+property `cnnlab` (one json.loads of the string gives the object). The command line is Hydra's (cnnlab.cli): the
+keys above are conf/export.yaml's, `--help` lists them. ONNX needs the `export` extra: pip install -e '.[export]'
+(onnx, onnxscript, onnxruntime).
 """
 
 import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
-from cnnlab.predict import Checkpoint, load
+from cnnlab import cli
+from cnnlab.predict import Checkpoint, from_config
 
 FORMATS = ("torchscript", "onnx")
-OPTIONS = ("ckpt", "format", "out", "batch", "rtol", "atol")
+METADATA_KEY = "cnnlab"  # the ONNX metadata property; TorchScript's extra file is cnnlab.json
 
 
-def metadata(ck: Checkpoint) -> dict[str, str]:
-    """What a consumer of the exported file needs to preprocess images and name the outputs."""
-    return {"classes": json.dumps(ck.classes), "mean": json.dumps(ck.mean.tolist()),
-            "std": json.dumps(ck.std.tolist()), "input_shape": json.dumps(ck.input_shape())}
+def metadata(ck: Checkpoint) -> dict:
+    """What a consumer of the exported file needs to preprocess images and name the outputs: mean and std per
+    channel ([C], 0-1 scale), or per pixel ([C][H][W], He et al.'s mean image)."""
+    mean, std = (t.flatten().tolist() if t.shape[1:] == (1, 1) else t.tolist() for t in (ck.mean, ck.std))
+    return {"classes": ck.classes, "mean": mean, "std": std, "input_shape": list(ck.input_shape())}
 
 
 def torchscript(ck: Checkpoint, x: torch.Tensor, out: Path):
@@ -48,8 +53,7 @@ def onnx(ck: Checkpoint, x: torch.Tensor, out: Path):
     torch.onnx.export(ck.model, (x,), str(out), input_names=["images"], output_names=["logits"],
                       dynamic_shapes=({0: batch},), dynamo=True, external_data=False)
     proto = onnx_lib.load(str(out))
-    for key, value in metadata(ck).items():
-        proto.metadata_props.add(key=key, value=value)
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata(ck)))
     onnx_lib.save(proto, str(out))
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return lambda t: session.run(None, {session.get_inputs()[0].name: t.numpy()})[0]
@@ -78,20 +82,18 @@ def export(ck: Checkpoint, fmt: str, out: Path, batch: int = 4, rtol: float = 1e
     return worst
 
 
-def main(argv: list[str]) -> None:
-    options = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] in OPTIONS}
-    if "ckpt" not in options or options.get("format") not in FORMATS or "out" not in options:
-        sys.exit(f"usage: python -m cnnlab.export ckpt=<checkpoint> format={'|'.join(FORMATS)} out=<file> [batch=4] "
-                 f"[rtol=1e-4] [atol=1e-4]; got {' '.join(argv)}")
-    overrides = [a for a in argv if "=" in a and a.split("=", 1)[0] not in OPTIONS]
-    ck = load(options["ckpt"], overrides)
-    out = Path(options["out"]).expanduser()
-    worst = export(ck, options["format"], out, int(options.get("batch", 4)), float(options.get("rtol", 1e-4)),
-                   float(options.get("atol", 1e-4)))
-    print(f"{options['format']} -> {out} ({out.stat().st_size / 1e6:.1f} MB); input N x "
+def run(cfg: DictConfig, state: dict) -> None:
+    ck = from_config(cfg, state)
+    out = Path(cfg.out).expanduser()
+    worst = export(ck, cfg.format, out, cfg.batch, cfg.rtol, cfg.atol)
+    print(f"{cfg.format} -> {out} ({out.stat().st_size / 1e6:.1f} MB); input N x "
           f"{' x '.join(map(str, ck.input_shape()))}, {len(ck.classes)} classes; outputs match the checkpoint "
           f"(largest logit difference {worst:.2g})")
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main("export", run, __doc__, argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

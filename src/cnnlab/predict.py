@@ -7,23 +7,24 @@
 Images are preprocessed as the checkpoint's run evaluated: its data config (in-memory CIFAR/MNIST: converted to RGB
 or greyscale, resized + center-cropped to data.image_size, MNIST zero-padded; image folders: the eval protocol's
 resize + center crop), normalized with the mean and std stored in the checkpoint (He et al.'s per-pixel mean image
-included). Any other key=value overrides the checkpoint's run config (e.g. data.root=... for cnnlab.visualize).
+included). The command line is Hydra's (cnnlab.cli): the keys above are conf/predict.yaml's, any other key=value
+overrides the checkpoint's run config (e.g. eval.crop=...), `--help` lists them.
 """
 
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageOps
 from torch import nn
 
+from cnnlab import cli
+from cnnlab.checkpoint import check_compatible
 from cnnlab.data import eval_transform
 from cnnlab.data.readers import IMAGE_SUFFIXES
-from cnnlab.transfer import architecture, load_weights
-
-OPTIONS = ("ckpt", "image", "save", "topk", "batch_size", "device")
 
 
 @dataclass
@@ -49,28 +50,27 @@ class Checkpoint:
         return tuple(self.preprocess(Image.new("RGB", (256, 256))).shape)
 
 
-def load(ckpt: str | Path, overrides: list[str] = (), device: str = "cpu") -> Checkpoint:
-    """A cnnlab checkpoint's network (its run config rebuilt, weights loaded strictly) and preprocessing."""
-    path = Path(ckpt).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at ckpt={path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    run_config = state.get("hyper_parameters", {}).get("run_config")
-    if not run_config or "state_dict" not in state:
-        raise ValueError(f"{path} is not a cnnlab checkpoint: it holds no run_config in its hyper_parameters")
-    cfg = OmegaConf.create(run_config)
-    OmegaConf.set_struct(cfg, True)  # a misspelt override fails, naming the key
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    model = architecture(cfg.model)
+def load(ckpt: str | Path, overrides: Sequence[str] = (), device: str = "cpu") -> Checkpoint:
+    """A cnnlab checkpoint's network (its run config rebuilt with Hydra overrides, weights loaded strictly) and
+    preprocessing."""
+    cfg, state = cli.compose(ckpt, overrides)
+    return from_config(cfg, state, device)
+
+
+def from_config(cfg: DictConfig, state: dict, device: str = "cpu") -> Checkpoint:
+    """The Checkpoint of a composed config (cnnlab.cli) and the checkpoint file's contents."""
+    model = instantiate(cfg.model)
     weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    load_weights(model, weights, saved_config=run_config, current_config=OmegaConf.to_container(cfg))
+    check_compatible(weights, model.state_dict(), state["hyper_parameters"]["run_config"],
+                     OmegaConf.to_container(cfg, resolve=True))
+    model.load_state_dict(weights)
     data_state = state.get(str(cfg.data._target_).rsplit(".", 1)[-1]) or {}
     classes = data_state.get("class_names") or data_state.get("classes") or [str(i) for i in
                                                                                 range(cfg.data.num_classes)]
     mean = torch.as_tensor(data_state.get("mean", cfg.data.get("mean")), dtype=torch.float32)
     std = torch.as_tensor(data_state.get("std", cfg.data.get("std")), dtype=torch.float32)
     mean, std = (t.view(-1, 1, 1) if t.ndim == 1 else t for t in (mean, std))
-    return Checkpoint(model.to(device).eval(), cfg, list(classes), mean, std)
+    return Checkpoint(model.to(device).eval(), cfg, [str(c) for c in classes], mean, std)
 
 
 def read_image(path: Path) -> Image.Image:
@@ -128,18 +128,14 @@ def draw(img: Image.Image, top: list[tuple[str, float]], out: Path, title: str =
     fig.savefig(out, dpi=120)
 
 
-def main(argv: list[str]) -> None:
-    options = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] in OPTIONS}
-    if "ckpt" not in options or "image" not in options:
-        sys.exit(f"usage: python -m cnnlab.predict ckpt=<checkpoint> image=<file or folder> [save=<png or folder>] "
-                 f"[topk=5] [batch_size=64] [device=cpu] [run-config overrides]; got {' '.join(argv)}")
-    overrides = [a for a in argv if "=" in a and a.split("=", 1)[0] not in OPTIONS]
-    ck = load(options["ckpt"], overrides, options.get("device", "cpu"))
-    files = image_files(options["image"])
+def run(cfg: DictConfig, state: dict) -> None:
+    """Print the top-k of every image of cfg.image; draw them into cfg.save."""
+    ck = from_config(cfg, state, cfg.device)
+    files = image_files(cfg.image)
     images = [read_image(f) for f in files]
-    tops = predict(ck, images, int(options.get("topk", 5)), int(options.get("batch_size", 64)))
-    save = Path(options["save"]).expanduser() if "save" in options else None
-    folder = Path(options["image"]).expanduser()
+    tops = predict(ck, images, cfg.topk, cfg.batch_size)
+    save = Path(cfg.save).expanduser() if cfg.save else None
+    folder = Path(cfg.image).expanduser()
     for f, img, top in zip(files, images, tops, strict=True):
         print(f)
         for rank, (name, p) in enumerate(top, 1):
@@ -147,9 +143,13 @@ def main(argv: list[str]) -> None:
         if save is not None:  # one PNG, or for a folder one per image under save/, mirroring its subfolders
             png = save / f.relative_to(folder).with_suffix(".png") if folder.is_dir() else save
             png = png if png.suffix.lower() == ".png" else png / f"{f.stem}.png"
-            draw(img.convert("L" if ck.cfg.data.in_channels == 1 else "RGB"), top, png, title=f.name)  # as read
+            draw(img.convert("L" if cfg.data.in_channels == 1 else "RGB"), top, png, title=f.name)  # as read
             print(f"  -> {png}")
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main("predict", run, __doc__, argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,9 +1,10 @@
-"""Transfer learning: start a model from a cnnlab checkpoint or torchvision weights, give it a new head for the run's
-classes, and train it with a strategy of conf/transfer (linear probe, fine-tune the last k stages, full fine-tune with
-a lower backbone LR), BN statistics frozen or not.
+"""Transfer learning: start a built model from a cnnlab checkpoint or torchvision weights, give it a new head for the
+run's classes, and train it with a strategy of conf/transfer (linear probe, fine-tune the last k stages, full
+fine-tune with a lower backbone LR), BN statistics frozen or not. train.py wires it as
+`instantiate(cfg.transfer)(instantiate(cfg.model), cfg)`; nothing else needs this module to build a network.
 
-    python train.py model=resnet50 model.pretrained=ResNet50_Weights.IMAGENET1K_V1 transfer=linear_probe data=...
-    python train.py model=resnet20 model.pretrained=runs/<date>/<time>/checkpoints/last.ckpt transfer=full
+    python train.py model=resnet50 transfer=linear_probe transfer.weights=ResNet50_Weights.IMAGENET1K_V1 data=...
+    python train.py model=resnet20 transfer=full transfer.weights=runs/<date>/<time>/checkpoints/last.ckpt
 
 The head is every parameter whose shape depends on the number of classes: the final classifier (`fc` of ResNet,
 `classifier[-1]` of VGG, NIN's last 1x1 conv) and the last layers of auxiliary classifiers. A stage is a run of
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from cnnlab.checkpoint import check_compatible
+from cnnlab.checkpoint import check_compatible, load_checkpoint
 
 log = logging.getLogger(__name__)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -33,12 +34,15 @@ DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.\
 
 
 class Transfer:
-    """Which parts of a pretrained model train, at which LR, with which BN statistics (config group `transfer`)."""
+    """Where a model's weights come from, and which parts train at which LR with which BN statistics (group
+    `transfer`)."""
 
-    def __init__(self, train_stages: int | None = None, backbone_lr: float = 1.0, freeze_bn: bool = False,
-                 new_head: bool = True) -> None:
+    def __init__(self, weights: str | None = None, train_stages: int | None = None, backbone_lr: float = 1.0,
+                 freeze_bn: bool = False, new_head: bool = True) -> None:
         """
         Args:
+            weights: the initialization: a cnnlab checkpoint, a state-dict file or a torchvision weights name
+                (ResNet50_Weights.IMAGENET1K_V1); None: the model's own initialization.
             train_stages: backbone stages that train, counted from the last; None: all, 0: none (a linear probe: only
                 the new head trains). The stages before them are frozen, their BN statistics included.
             backbone_lr: LR of the trainable backbone parameters as a multiple of optim.lr (the head gets optim.lr).
@@ -51,12 +55,35 @@ class Transfer:
             raise ValueError(f"train_stages must be >= 0 or null (all), got {train_stages}")
         if backbone_lr < 0:
             raise ValueError(f"backbone_lr must be >= 0, got {backbone_lr}")
-        self.train_stages, self.backbone_lr = train_stages, backbone_lr
+        self.weights, self.train_stages, self.backbone_lr = weights, train_stages, backbone_lr
         self.freeze_bn, self.new_head = freeze_bn, new_head
 
     @property
     def changes_training(self) -> bool:
         return self.train_stages is not None or self.backbone_lr != 1.0 or self.freeze_bn
+
+    def __call__(self, model: nn.Module, cfg: DictConfig) -> nn.Module:
+        """`model`, built from cfg.model, initialized from self.weights and set up to train as this strategy says."""
+        if not self.weights:
+            if self.changes_training:
+                raise ValueError(f"transfer={self.__dict__} needs transfer.weights=<checkpoint or torchvision weights>")
+            return model
+        freezes_bn = self.freeze_bn or self.train_stages is not None
+        if freezes_bn and (cfg.get("trainer") or {}).get("sync_batchnorm"):  # SyncBN conversion drops the BN hooks
+            raise ValueError("trainer.sync_batchnorm=true cannot keep frozen BN statistics frozen: set it false, or "
+                             "use transfer=full with transfer.freeze_bn=false")
+        head = head_keys(cfg.model)
+        state, saved_config = load_state(self.weights)
+        own = model.state_dict()
+        keep_head = not self.new_head and all(k in state and state[k].shape == own[k].shape for k in head)
+        current = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")}
+        load_weights(model, state, set() if keep_head else head, saved_config, current)
+        log.info("loaded %s; %s", self.weights, "kept its head" if keep_head else f"new head {sorted(head)}")
+        with torch.device("meta"):
+            probe = instantiate(cfg.model)
+        size = cfg.data.get("image_size") or (cfg.get("augment") or {}).get("size") or 224  # in-memory, else crop
+        self.apply(model, stages(probe, (1, cfg.data.in_channels, size, size)), head)
+        return model
 
     def apply(self, model: nn.Module, stages: list[list[str]], head: set[str]) -> None:
         """Freeze early stages, scale the backbone LR (`model.lr_scales`, read by module.param_groups), freeze BN."""
@@ -93,19 +120,12 @@ def inside(name: str, prefixes: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def architecture(model_cfg: Mapping, **overrides) -> nn.Module:
-    """The network a model config describes, at its own initialization: every key but `pretrained` goes to the class."""
-    kwargs = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    kwargs.pop("pretrained", None)
-    return instantiate({**kwargs, **overrides})
-
-
 def head_keys(model_cfg: Mapping) -> set[str]:
     """State-dict keys whose shape depends on num_classes: found by building the model for 2 and 3 classes."""
     if "num_classes" not in model_cfg:
         raise ValueError(f"model config {model_cfg.get('_target_')} has no num_classes, so its head cannot be found")
     with torch.device("meta"):
-        a, b = (architecture(model_cfg, num_classes=n).state_dict() for n in (2, 3))
+        a, b = (instantiate(model_cfg, num_classes=n).state_dict() for n in (2, 3))
     return {k for k in a if a[k].shape != b[k].shape}
 
 
@@ -161,7 +181,7 @@ def load_state(source: str) -> tuple[dict[str, torch.Tensor], dict | None]:
     """(state dict, run config or None) of a cnnlab checkpoint, a plain state-dict file or torchvision weights name."""
     path = Path(str(source)).expanduser()
     if path.is_file():
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_checkpoint(path, key="transfer.weights")
         if "state_dict" in obj:  # a Lightning checkpoint of ClassifierModule: the network is its `model`
             state = {k.removeprefix("model."): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
             return state, obj.get("hyper_parameters", {}).get("run_config")
@@ -169,14 +189,14 @@ def load_state(source: str) -> tuple[dict[str, torch.Tensor], dict | None]:
             obj = obj["model"]
         return obj, None
     if "_Weights." not in str(source):
-        raise FileNotFoundError(f"model.pretrained={source!r} is neither a checkpoint file nor a torchvision weights "
+        raise FileNotFoundError(f"transfer.weights={source!r} is neither a checkpoint file nor a torchvision weights "
                                 f"name such as ResNet50_Weights.IMAGENET1K_V1")
     from torchvision.models import get_weight
 
     try:
         weights = get_weight(str(source))
     except (ValueError, KeyError, AttributeError) as err:
-        raise ValueError(f"model.pretrained={source!r} is not a torchvision weights name ({err})") from err
+        raise ValueError(f"transfer.weights={source!r} is not a torchvision weights name ({err})") from err
     try:
         state = weights.get_state_dict(progress=True)  # $TORCH_HOME/hub/checkpoints first, else a download
     except OSError as err:  # URLError is an OSError
@@ -195,30 +215,3 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], skip: set[
     check_compatible({k: v for k, v in state.items() if k not in skip},
                      {k: v for k, v in own.items() if k not in skip}, saved_config, current_config)
     model.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=False)
-
-
-def build_model(cfg: DictConfig) -> nn.Module:
-    """The run's network: cfg.model, initialized from model.pretrained when given, trained as cfg.transfer says."""
-    model = architecture(cfg.model)
-    strategy = instantiate(cfg.transfer) if cfg.get("transfer") else Transfer()
-    source = cfg.model.get("pretrained")
-    if not source:
-        if strategy.changes_training:
-            raise ValueError(f"transfer={strategy.__dict__} needs model.pretrained=<checkpoint or torchvision weights>")
-        return model
-    freezes_bn = strategy.freeze_bn or strategy.train_stages is not None
-    if freezes_bn and (cfg.get("trainer") or {}).get("sync_batchnorm"):  # SyncBN conversion would drop the BN hooks
-        raise ValueError("trainer.sync_batchnorm=true cannot keep frozen BN statistics frozen: set it false, or use "
-                         "transfer=full with transfer.freeze_bn=false")
-    head = head_keys(cfg.model)
-    state, saved_config = load_state(source)
-    own = model.state_dict()
-    keep_head = not strategy.new_head and all(k in state and state[k].shape == own[k].shape for k in head)
-    current = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")}
-    load_weights(model, state, set() if keep_head else head, saved_config, current)
-    log.info("loaded %s; %s", source, "kept its head" if keep_head else f"new head {sorted(head)}")
-    with torch.device("meta"):
-        probe = architecture(cfg.model)
-    size = cfg.data.get("image_size") or (cfg.get("augment") or {}).get("size") or 224  # in-memory, else the crop
-    strategy.apply(model, stages(probe, (1, cfg.data.in_channels, size, size)), head)
-    return model

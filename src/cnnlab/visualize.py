@@ -7,30 +7,30 @@
 
 `top9` and `confusion` read the checkpoint's test set through its own data config (override data.root when the data
 lives elsewhere now); `limit` caps the images read. `layer` is a module name (`python -m cnnlab.summary model=...`
-lists them); by default the last feature map larger than 1x1 (ResNet: its last stage). Any other key=value
-overrides the checkpoint's run config.
+lists them); by default the last feature map larger than 1x1 (ResNet: its last stage). The command line is Hydra's
+(cnnlab.cli): the keys above are conf/visualize.yaml's, any other key=value overrides the checkpoint's run config,
+`--help` lists them.
 """
 
 import logging
 import math
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from cnnlab.predict import Checkpoint, load, read_image
+from cnnlab import cli
+from cnnlab.predict import Checkpoint, from_config, read_image
 
 log = logging.getLogger(__name__)
 WHAT = ("filters", "top9", "gradcam", "confusion")
-OPTIONS = ("ckpt", "what", "out", "layer", "channel", "image", "target", "limit", "device")
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:
@@ -222,25 +222,23 @@ def save(fig: Figure, out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def main(argv: list[str]) -> None:
-    options = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] in OPTIONS}
-    what = options.get("what")
-    if "ckpt" not in options or what not in WHAT or (what == "gradcam" and "image" not in options):
-        sys.exit(f"usage: python -m cnnlab.visualize ckpt=<checkpoint> what={'|'.join(WHAT)} [out=<png>] "
-                 f"[layer=<name>] [channel=N] [image=<file> (gradcam)] [target=<class>] [limit=N] [device=cpu]; "
-                 f"got {' '.join(argv)}")
-    overrides = [a for a in argv if "=" in a and a.split("=", 1)[0] not in OPTIONS]
-    ck = load(options["ckpt"], overrides, options.get("device", "cpu"))
-    out = Path(options.get("out", f"{what}.png")).expanduser()
-    limit = int(options["limit"]) if "limit" in options else None
+def run(cfg: DictConfig, state: dict) -> None:
+    what = cfg.what
+    if what not in WHAT or (what == "gradcam" and not cfg.image):
+        raise ValueError(f"what={what!r}: must be one of {WHAT}" if what not in WHAT else
+                         "what=gradcam needs image=<file>")
+    ck = from_config(cfg, state, cfg.device)
+    out = Path(cfg.out or f"{what}.png").expanduser()
+    limit = cfg.limit
     if what == "filters":
         grid = filters(ck, out)
         print(f"{first_conv(ck.model).weight.shape[0]} first-layer kernels ({tuple(grid.shape)} grid) -> {out}")
     elif what == "top9":
-        name, v = top9(ck, out, options.get("layer"), int(options.get("channel", 0)), limit)
-        print(f"{name} channel {options.get('channel', 0)}: top activations {[round(float(a), 3) for a in v]} -> {out}")
+        name, v = top9(ck, out, cfg.layer, cfg.channel, limit)
+        print(f"{name} channel {cfg.channel}: top activations {[round(float(a), 3) for a in v]} -> {out}")
     elif what == "gradcam":
-        gradcam(ck, Path(options["image"]).expanduser(), out, options.get("layer"), options.get("target"))
+        target = None if cfg.target is None else str(cfg.target)  # target=3 parses as an int: a class index
+        gradcam(ck, Path(cfg.image).expanduser(), out, cfg.layer, target)
         print(f"Grad-CAM -> {out}")
     else:
         counts = confusion(ck, out, limit)
@@ -251,5 +249,9 @@ def main(argv: list[str]) -> None:
         print(f"-> {out} and {out.with_suffix('.csv')}")
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main("visualize", run, __doc__, argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
