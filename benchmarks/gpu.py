@@ -170,7 +170,7 @@ def plain_loop(spec: dict) -> dict:
 
     from cnnlab.callbacks import forward_macs
     from cnnlab.module import param_groups
-    
+
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=spec["overrides"])
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")

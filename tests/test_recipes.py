@@ -4,6 +4,7 @@ option, stride placement, dropout placement, complexity) and the published numbe
 import pytest
 import torch
 from conftest import compose_run, run_train
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -11,7 +12,6 @@ from cnnlab import papers
 from cnnlab.models import AlexNet
 from cnnlab.report.ilsvrc import paper_row as ilsvrc_row
 from cnnlab.report.recipes import paper_row as recipe_row
-from hydra.utils import instantiate
 
 torch.set_num_threads(1)
 
