@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 DATASETS = Path(os.environ.get("CNNLAB_DATASETS", ROOT.parent / "shared" / "datasets"))
 sys.path.insert(0, str(ROOT))  # train.py lives at the top level
+# Subprocesses (python train.py ...) import this checkout's package whatever is installed, and conftest (InterruptAt).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
 
 # A tiny real run on the CPU: 192 synthetic 32x32 training images (6 batches of 32), 64 test images, no progress bar.
 # Tests append what they vary (later overrides win): `run_train([*tiny, "trainer.max_epochs=3"], tmp_path)`.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, compose_run, run_train
+from conftest import ENV, ROOT, TINY, compose_run, run_train
 from hydra.errors import MissingConfigException
 
 from cnnlab.callbacks import Diverged
@@ -149,9 +149,8 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
               f"while not pathlib.Path(r'{go}').exists(): time.sleep(0.001)\n"
               f"sys.argv[0] = r'{ROOT / 'train.py'}'; runpy.run_path(sys.argv[0], run_name='__main__')\n")
     args = [*TINY, "data.synthetic_size=[64,32]", "trainer.max_epochs=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"ready{i}"), *args], cwd=tmp_path,
-                              env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+                              env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
     while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
         assert all(p.poll() is None for p in procs), [p.communicate()[0] for p in procs]
         time.sleep(0.05)

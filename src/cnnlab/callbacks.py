@@ -188,8 +188,11 @@ class StopOnDivergence(L.Callback):
         self._check(trainer)  # a pending non-finite loss first: its message names the step
         bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
         if bad:
-            raise Diverged(f"not writing a checkpoint at step {trainer.global_step}: {len(bad)} tensors are not "
-                           f"finite ({', '.join(bad[:3])} ...); the run diverged", step=trainer.global_step)
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+            raise Diverged(f"not writing a checkpoint at step {trainer.global_step} (lr {lr:g}): {len(bad)} tensors "
+                           f"are not finite ({', '.join(bad[:3])} ...); the run diverged. Lower optim.lr (or add "
+                           f"schedule.warmup); the last checkpoint holds the last finite weights",
+                           step=trainer.global_step, lr=lr)
 
 
 class ResumeCheck(L.Callback):
