@@ -124,7 +124,8 @@ def test_optuna_search_runs_its_trials_and_minimizes_best_val_error(tmp_path):
 
 @pytest.mark.slow  # two runs in one subprocess
 def test_a_diverged_job_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
-    """lr 1e9 (1e7 after the schedule's decay) diverges within the 4 steps; the next job still runs; the sweep exits non-zero; the report lists it."""
+    """lr 1e9 (1e7 after the schedule's decay) diverges within the 4 steps; the next job still runs; the sweep
+    exits non-zero; the report lists the diverged job as failed."""
     from cnnlab.report import report
 
     proc = multirun([*SMALL, "optim.lr=1e9,0.1"], tmp_path, check=False)
