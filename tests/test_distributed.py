@@ -57,7 +57,7 @@ def assert_one_run_dir(run_dir: Path, cwd: Path, before: set[Path] = frozenset()
     """Finished, one CSV version, one log; no other Hydra run directory appeared under cwd (none per rank)."""
     assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
     assert [p.name for p in run_dir.glob("csv/version_*")] == ["version_0"]
-    assert (run_dir / "train.log").read_text().count("run directory:") == 1  # rank 1 logs to stderr only
+    assert (run_dir / "train.log").read_text().count("] - run directory:") == 1  # rank 1 logs to stderr only
     assert hydra_dirs(cwd) == before
 
 

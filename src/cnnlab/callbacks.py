@@ -3,6 +3,7 @@ GMACs and hence the achieved FLOP rate, and a warning when the data loader is th
 stops; a resume that changes the run's length says so; a model summary without a FLOPs count of 0."""
 
 import logging
+import math
 import time
 
 import lightning as L
@@ -218,14 +219,19 @@ class ResumeCheck(L.Callback):
                    if now.get(k) != v]
         if not changed:
             return
-        jump = ""
+        jump, same = "", False
         scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
         if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and self._saved_lr:
             new = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch)
             jump = f"; at step {trainer.global_step} the lr goes from {self._saved_lr[0]:g} to {new:g}"
+            same = math.isclose(new, self._saved_lr[0], rel_tol=1e-6)
+        if same:  # milestones in steps or epochs: the lr at a step does not depend on the run's length
+            rank_zero_only(log.info)("resuming with %s: the schedule gives the same lr (%g) at step %d",
+                                     ", ".join(changed), self._saved_lr[0], trainer.global_step)
+            return
         message = (f"RESUMING WITH A DIFFERENT RUN LENGTH: {', '.join(changed)}. The LR schedule is recomputed over "
                    f"the new length{jump}. See docs/training.md, 'Extending a finished run'.")
-        log.warning(message)
+        rank_zero_only(log.warning)(message)
         rank_zero_warn(message)
 
 
