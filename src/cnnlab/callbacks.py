@@ -169,7 +169,7 @@ class StopOnDivergence(L.Callback):
         bad = ~torch.isfinite(loss.detach()).all()
         if self._first is None:
             self._first = torch.full((), -1, dtype=torch.long, device=loss.device)
-        self._first = torch.where(bad & (self._first < 0), torch.tensor(step, device=loss.device), self._first)
+        self._first = torch.where(bad & (self._first < 0), step, self._first)  # a Python step: no host-device copy
         if pl_module.device.type == "cpu" or (step + 1) % self.every == 0:
             self._check(trainer)
 
