@@ -114,6 +114,18 @@ def test_mid_epoch_checkpoints_as_documented(tiny, tmp_path):
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
 
 
+def test_a_run_ends_saying_where_its_outputs_went(tiny, tmp_path, caplog):
+    """The last lines: the run directory, the best and last checkpoints, the test metrics; Lightning's model summary
+    without its "Total Flops: 0"."""
+    with caplog.at_level(logging.INFO):
+        run_train([*tiny, "trainer.max_epochs=1"], tmp_path)
+    last = [r.getMessage() for r in caplog.records if r.name == "train"][-4:]
+    assert last[0] == f"finished after 6 steps. run directory: {tmp_path}"
+    assert last[1].startswith(f"best checkpoint: {tmp_path}/checkpoints/best-epoch000-step6.ckpt (val/err1 ")
+    assert last[2] == f"last checkpoint: {tmp_path}/checkpoints/last.ckpt" and last[3].startswith("test: test/loss ")
+    assert "Total params" in caplog.text and "FLOPs" not in caplog.text and "Total Flops" not in caplog.text
+
+
 def test_orphaned_temporary_checkpoints_are_removed_at_the_next_start(tiny, tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / "checkpoints").mkdir(parents=True)
