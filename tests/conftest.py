@@ -16,6 +16,13 @@ CONF = ROOT / "conf"
 DATASETS = Path(os.environ.get("CNNLAB_DATASETS", ROOT.parent / "shared" / "datasets"))
 sys.path.insert(0, str(ROOT))  # train.py lives at the top level
 os.environ.setdefault("CNNLAB_TRUSTED_TARGETS", "conftest")  # runs with InterruptAt resume, as a user's own package
+# Subprocesses (python train.py ...) import this checkout's package whatever is installed, and conftest (InterruptAt).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+
+# A tiny real run on the CPU: 192 synthetic 32x32 training images (6 batches of 32), 64 test images, no progress bar.
+# Tests append what they vary (later overrides win): `run_train([*tiny, "trainer.max_epochs=3"], tmp_path)`.
+TINY = ("data=synthetic", "data.synthetic_size=[192,64]", "data.batch_size=32", "trainer.accelerator=cpu",
+        "trainer.log_every_n_steps=1", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0")
 
 
 def compose_run(overrides: list[str], run_dir: Path) -> DictConfig:
@@ -42,6 +49,12 @@ def run_train(overrides: list[str], run_dir: Path) -> float | None:
 
 def config_names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    """The overrides of a tiny CPU run (TINY), as a list to extend."""
+    return list(TINY)
 
 
 @pytest.fixture

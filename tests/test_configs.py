@@ -4,12 +4,22 @@ import importlib.util
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 from conftest import CONF, ROOT, compose_run, config_names
 from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from omegaconf import open_dict
 
+from cnnlab.data import Augment
+from cnnlab.evaluation import EvalProtocol
+from cnnlab.guards import check_config
+from cnnlab.transfer import Transfer
+
+KINDS = {"data": L.LightningDataModule, "augment": Augment, "trainer": L.Trainer,
+         "transfer": Transfer, "eval": EvalProtocol}
 GROUPS = ["data", "augment", "model", "module", "optim", "schedule", "trainer", "callbacks", "logger", "experiment",
           "transfer", "eval"]
 
@@ -21,12 +31,16 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
     for name in names:
         extra = [] if group == "data" else ["data=synthetic"]
         cfg = compose_run([f"{group}={name}", *extra], tmp_path / name)
+        job = cfg.copy()
+        with open_dict(job):
+            del job["hydra"]
+        check_config(job)  # the types and values train.py checks at start: every shipped config passes them
         if group == "experiment":
-            cfg = compose_run([f"experiment={name}", "data=synthetic"], tmp_path / name)
             model = instantiate(cfg.model)
             assert sum(p.numel() for p in model.parameters()) > 0
         elif group in ("callbacks", "logger"):
-            assert all(instantiate(c) is not None for c in cfg[group].values())
+            kind = L.Callback if group == "callbacks" else Logger
+            assert all(isinstance(instantiate(c), kind) for c in cfg[group].values())
         elif group == "optim":
             opt = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(2))])
             assert isinstance(opt, torch.optim.Optimizer)
@@ -42,8 +56,10 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
                 instantiate(cfg.data)
         elif group == "model" and name == "resnet1202":
             continue  # 19M parameters: counted in test_models with the others
+        elif group == "model":
+            assert sum(p.numel() for p in instantiate(cfg.model).parameters()) > 0
         else:
-            assert instantiate(cfg[group]) is not None
+            assert isinstance(instantiate(cfg[group]), KINDS[group]), (group, name)
 
 
 def test_experiment_he2016_cifar_is_the_papers_recipe(tmp_path):

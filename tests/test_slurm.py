@@ -21,17 +21,21 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}  # the jo
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
+    """The local cluster, up for the session; stopped after it unless it was up before (.ci/run starts it)."""
     if os.geteuid() != 0:
         pytest.skip("the local SLURM cluster needs root to install and start its daemons (slurm/local-cluster.sh)")
     if not shutil.which("slurmctld") and not shutil.which("apt-get"):
         pytest.skip("no SLURM installed and no apt-get to install it")
     was_up = subprocess.run(["sinfo"], capture_output=True).returncode == 0 if shutil.which("sinfo") else False
-    up = subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "up"], capture_output=True, text=True, timeout=600)
-    if up.returncode:
-        pytest.skip(f"the local SLURM cluster did not start: {up.stderr.strip()[-500:]}")
-    yield
-    if not was_up:
-        subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "down"], capture_output=True)
+    script = str(ROOT / "slurm" / "local-cluster.sh")
+    up = subprocess.run([script, "up"], capture_output=True, text=True, timeout=600)
+    try:
+        if up.returncode:
+            pytest.skip(f"the local SLURM cluster did not start: {up.stderr.strip()[-500:]}")
+        yield
+    finally:  # also after a failed start: no daemon left half-started
+        if not was_up:
+            subprocess.run([script, "down"], capture_output=True)
 
 
 def sbatch(options: list[str], overrides: list[str], tmp_path: Path) -> str:

@@ -1,24 +1,22 @@
 """Sweep configs: every job of every sweep composes; the ResNeXt and degradation grids are the papers'; a multirun and
 an Optuna search run end to end on synthetic data."""
 
+import csv
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, compose_run, config_names
+from conftest import ENV, ROOT, TINY, compose_run, config_names
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from cnnlab.summary import build, natural_input
 
-# A tiny real run: 96 synthetic 32x32 images (32 held out for validation), 2 epochs of 2 batches.
-TINY = ["data=synthetic", "data.synthetic_size=[96,64]", "data.val_split=32", "data.batch_size=32",
-        "data.eval_batch_size=64", "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1",
-        "callbacks.progress_bar.refresh_rate=0"]
+# conftest's tiny run, smaller: 96 synthetic 32x32 images (32 held out for validation), 2 epochs of 2 batches.
+SMALL = [*TINY, "data.synthetic_size=[96,64]", "data.val_split=32", "data.eval_batch_size=64", "trainer.max_epochs=2"]
 
 
 def is_sweep(name: str) -> bool:
@@ -33,9 +31,7 @@ SWEEPS = [n for n in config_names("experiment") if is_sweep(n)]
 
 def multirun(args: list[str], sweep_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
     """`python train.py -m <args>` into sweep_dir, as a user runs it (conftest is importable, for InterruptAt)."""
-    # this checkout's src/ first: an editable install of another checkout must not answer for it
-    path = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "WANDB_SILENT": "true"}
+    env = {**ENV, "WANDB_SILENT": "true"}
     proc = subprocess.run([sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT,
                           env=env, capture_output=True, text=True)
     if check and proc.returncode:
@@ -102,22 +98,40 @@ def test_hparams_search_composes_with_the_optuna_sweeper(tmp_path):
 
 
 def test_two_job_multirun_on_synthetic_data_completes(tmp_path):
-    multirun(["experiment=he2016_degradation_small", "model=plain20,resnet20", *TINY], tmp_path)
+    multirun(["experiment=he2016_degradation_small", "model=plain20,resnet20", *SMALL], tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
     for job, model, residual in (("0", "plain20", False), ("1", "resnet20", True)):
         results = json.loads((tmp_path / job / "results.json").read_text())
         assert results["status"] == "finished" and results["global_step"] == 4  # 2 epochs x 2 batches of 32
-        assert 0 <= results["test"]["test/err1"] <= 1
+        logged = list(csv.DictReader((tmp_path / job / "csv/version_0/metrics.csv").open()))
+        assert results["test"]["test/err1"] == pytest.approx(next(float(r["test/err1"]) for r in logged
+                                                                  if r.get("test/err1")))
+        assert results["best_score"] == pytest.approx(min(float(r["val/err1"]) for r in logged if r.get("val/err1")))
         assert f"model={model}" in (tmp_path / job / ".hydra/overrides.yaml").read_text()
         assert yaml.safe_load((tmp_path / job / "config.yaml").read_text())["model"]["residual"] is residual
 
 
 @pytest.mark.slow
 def test_optuna_search_runs_its_trials_and_minimizes_best_val_error(tmp_path):
-    multirun(["hparams_search=lr_wd_ls", "hydra.sweeper.n_trials=2", *TINY], tmp_path)
+    multirun(["hparams_search=lr_wd_ls", "hydra.sweeper.n_trials=2", *SMALL], tmp_path)
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     scores = [json.loads((tmp_path / j / "results.json").read_text())["best_score"] for j in ("0", "1")]
     assert best["best_value"] == pytest.approx(min(scores))
     lrs = [float(next(o for o in yaml.safe_load((tmp_path / j / ".hydra/overrides.yaml").read_text())
                       if o.startswith("optim.lr=")).split("=")[1]) for j in ("0", "1")]
     assert lrs[0] != lrs[1] and all(0.01 <= lr <= 0.5 for lr in lrs) and not any(math.isnan(s) for s in scores)
+
+
+@pytest.mark.slow  # two runs in one subprocess
+def test_a_diverged_job_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
+    """lr 1e9 (1e7 after the schedule's decay) diverges within the 4 steps; the next job still runs; the sweep
+    exits non-zero; the report lists the diverged job as failed."""
+    from cnnlab.report import report
+
+    proc = multirun([*SMALL, "optim.lr=1e9,0.1"], tmp_path, check=False)
+    assert proc.returncode != 0
+    diverged = json.loads((tmp_path / "0" / "results.json").read_text(), parse_constant=pytest.fail)
+    assert diverged["status"] == "diverged" and "not finite" in diverged["error"] and diverged["lr"] > 1e6
+    assert json.loads((tmp_path / "1" / "results.json").read_text())["status"] == "finished"
+    text = report([tmp_path], tmp_path / "report")
+    assert "Failed or unfinished (1 of 2)" in text and f"{tmp_path / '0'}" in text

@@ -5,12 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Interrupted, run_train
+from conftest import TINY, Interrupted, run_train
 
 from cnnlab.data import DatasetNotFoundError
-
-TINY = ["data=synthetic", "data.synthetic_size=[192,64]", "data.batch_size=32", "trainer.accelerator=cpu",
-        "trainer.log_every_n_steps=1", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0"]
 
 
 def step_losses(run_dir: Path, version: int = 0) -> dict[int, float]:

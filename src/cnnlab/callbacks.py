@@ -1,5 +1,6 @@
 """Speed in every run: training throughput, the split of step time into waiting for data vs compute, the model's
-GMACs and hence the achieved FLOP rate, and a warning when the data loader is the bottleneck."""
+GMACs and hence the achieved FLOP rate, and a warning when the data loader is the bottleneck. Trust: a diverged run
+stops; a resume that changes the run's length says so; a model summary without a FLOPs count of 0."""
 
 import logging
 import math
@@ -7,7 +8,9 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch import callbacks
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 from torch.utils.flop_counter import FlopCounterMode
 
 log = logging.getLogger(__name__)
@@ -136,3 +139,120 @@ class Throughput(L.Callback):
             "epoch %d: %s images/s, %.1f ms per step of which %.1f ms (%.0f%%) waiting for data; %.4f GMACs per "
             "image -> %.3f TFLOP/s achieved", trainer.current_epoch, significant(s["perf/images_per_s"]),
             s["perf/step_ms"], s["perf/data_ms"], 100 * s["perf/data_wait"], s["perf/gmacs"], s["perf/tflops"])
+
+
+class Diverged(RuntimeError):
+    """A non-finite training loss or weights: the run stops, keeping its last finite checkpoint."""
+
+    def __init__(self, message: str, step: int | None = None, lr: float | None = None) -> None:
+        super().__init__(message)
+        self.step, self.lr = step, lr
+
+
+class StopOnDivergence(L.Callback):
+    """Stops the run at the first non-finite training loss, naming the step and the learning rate, and refuses to
+    write a checkpoint whose weights are not finite (so last.ckpt stays the last finite one).
+
+    Reading the loss on the host waits for the accelerator, so on GPUs a device-side flag is read every
+    `every_n_steps` steps (the progress bar syncs as often); on the CPU every step. All ranks agree on the outcome.
+    """
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every = every_n_steps
+        self._first: torch.Tensor | None = None  # the first step with a non-finite loss, -1 while none
+        self._lrs: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.optimizers:
+            self._lrs[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        step = trainer.global_step - 1  # the optimizer step this loss was computed for
+        bad = ~torch.isfinite(loss.detach()).all()
+        if self._first is None:
+            self._first = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self._first = torch.where(bad & (self._first < 0), step, self._first)  # a Python step: no host-device copy
+        if pl_module.device.type == "cpu" or (step + 1) % self.every == 0:
+            self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        first = -1 if self._first is None else int(self._first.item())
+        if not trainer.strategy.reduce_boolean_decision(first >= 0, all=False):
+            self._lrs = {s: lr for s, lr in self._lrs.items() if s >= trainer.global_step - self.every}
+            return
+        lr = self._lrs.get(first)
+        where = f"at step {first}" if first >= 0 else "on another rank"
+        raise Diverged(f"the training loss is not finite {where} (epoch {trainer.current_epoch}, lr {lr:g}): the run "
+                       f"diverged. Lower optim.lr (or add schedule.warmup); the last checkpoint holds the last finite "
+                       f"weights" if lr is not None else f"the training loss is not finite {where}: the run diverged",
+                       step=first if first >= 0 else None, lr=lr)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._check(trainer)  # a pending non-finite loss first: its message names the step
+        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+            raise Diverged(f"not writing a checkpoint at step {trainer.global_step} (lr {lr:g}): {len(bad)} tensors "
+                           f"are not finite ({', '.join(bad[:3])} ...); the run diverged. Lower optim.lr (or add "
+                           f"schedule.warmup); the last checkpoint holds the last finite weights",
+                           step=trainer.global_step, lr=lr)
+
+
+class ResumeCheck(L.Callback):
+    """Says loudly when a resumed run's length differs from the checkpoint's: the LR schedule is a function of the
+    run's total steps, so it is recomputed for the new length and the LR jumps at the resume step."""
+
+    KEYS = ("max_epochs", "max_steps")
+
+    def __init__(self) -> None:
+        self._saved: dict | None = None
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        config = (checkpoint.get("hyper_parameters") or {}).get("run_config") or {}
+        self._saved = {k: (config.get("trainer") or {}).get(k) for k in self.KEYS} if config else None
+        optimizers = checkpoint.get("optimizer_states") or [{}]
+        self._saved_lr = [g["lr"] for g in optimizers[0].get("param_groups", [])]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = ((getattr(pl_module, "hparams", {}) or {}).get("run_config") or {}).get("trainer") or {}
+        if not self._saved or not now:
+            return
+        changed = [f"trainer.{k}={now.get(k)} (the checkpoint's run: {v})" for k, v in self._saved.items()
+                   if now.get(k) != v]
+        if not changed:
+            return
+        jump, same = "", False
+        scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and self._saved_lr:
+            new = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch)
+            jump = f"; at step {trainer.global_step} the lr goes from {self._saved_lr[0]:g} to {new:g}"
+            same = math.isclose(new, self._saved_lr[0], rel_tol=1e-6)
+        if same:  # milestones in steps or epochs: the lr at a step does not depend on the run's length
+            rank_zero_only(log.info)("resuming with %s: the schedule gives the same lr (%g) at step %d",
+                                     ", ".join(changed), self._saved_lr[0], trainer.global_step)
+            return
+        message = (f"RESUMING WITH A DIFFERENT RUN LENGTH: {', '.join(changed)}. The LR schedule is recomputed over "
+                   f"the new length{jump}. See docs/training.md, 'Extending a finished run'.")
+        rank_zero_only(log.warning)(message)
+        rank_zero_warn(message)
+
+
+class ModelSummary(callbacks.ModelSummary):
+    """Lightning's model summary without its "Total Flops" line, which reads 0 for a module without an
+    example_input_array; the Throughput callback logs the measured GMACs per image at the first step."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+                  total_flops, **summarize_kwargs) -> None:
+        if not total_flops:
+            summary_data = [col for col in summary_data if col[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
+                                      total_flops, *summary_data)
+        if not total_flops:
+            table = table.rsplit("\n", 1)[0]
+        rank_zero_only(log.info)("\n" + table)

@@ -63,6 +63,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, key="ckpt_path", map_location=map_location or "cpu")
 
 
+def remove_orphans(run_dir: Path) -> list[Path]:
+    """Deletes the temporary files of AtomicCheckpointIO writers that no longer run (killed mid-write, kill -9)
+    under run_dir; the checkpoints they were replacing are intact. Returns the deleted paths."""
+    removed = []
+    for tmp in Path(run_dir).rglob(".*.ckpt.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():  # pids are reused (a restarted container): this process has written nothing yet
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _describe(run_config: dict | None) -> str:
     if not run_config:
         return "an unknown configuration"

@@ -78,13 +78,3 @@ class SlurmRequeue(L.Callback):
                 f.unlink()
         trainer.strategy.barrier("hpc checkpoints removed")
 
-
-def resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """The checkpoint fit() starts from: the one asked for; else, for a requeued SLURM job, its hpc checkpoint (found
-    by Lightning itself) or, when it was killed without one (preempted with SIGTERM only), checkpoints/last.ckpt."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    restarted = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
-    if ckpt_path is None and restarted and not list(run_dir.glob("hpc_ckpt_*.ckpt")) and last.is_file():
-        log.info("requeued job without an hpc checkpoint: resuming from %s", last)
-        return str(last)
-    return ckpt_path
