@@ -39,6 +39,8 @@ CIFAR = {
     "preact_resnet164": 1_703_258,  # He et al. 2016b, Table 2: 1.7M
     "preact_resnet1001": 10_327_706,  # He et al. 2016b, Table 2: 10.2M
     "resnet110_sd": 1_727_962,  # = resnet110
+    # quarter-width ResNeXt-29 of experiment=resnext_cifar_cpu (Xie et al. 2017, 5.1, at 1/4 of the widths)
+    "resnext29_cpu_1x64d": 313_114, "resnext29_cpu_8x14d": 310_954, "resnext29_cpu_32x4d": 305_466,
 }
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
                "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
