@@ -4,9 +4,8 @@ with, its sweep is the one the docs report, and its nets are the ones whose comp
 import pytest
 import torch
 from conftest import compose_run, run_train
+from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
-
-from cnnlab.transfer import architecture
 
 
 def sweep(cfg) -> dict[str, list[str]]:
@@ -18,7 +17,7 @@ def steps(cfg) -> int:
 
 
 def macs_and_params(cfg, size: int) -> tuple[float, int]:
-    model = architecture(cfg.model)
+    model = instantiate(cfg.model)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()(torch.zeros(1, cfg.data.in_channels, size, size))
     return counter.get_total_flops() / 2e6, sum(p.numel() for p in model.parameters())
