@@ -195,11 +195,11 @@ def plain_loop(spec: dict) -> dict:
     order, started = torch.randperm(len(y), device=dev), time.time()
     for step in range(steps):
         idx = order[(step % per_epoch) * batch : (step % per_epoch + 1) * batch]
-        inputs = data.normalize(data.augment(x[idx], g))
+        inputs, targets = data._train_transform(x[idx], y[idx], g)  # the data module's own augmentation
         if cl:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss = F.cross_entropy(model(inputs), y[idx], label_smoothing=cfg.module.label_smoothing)
+            loss = F.cross_entropy(model(inputs), targets, label_smoothing=cfg.module.label_smoothing)
         opt.zero_grad(set_to_none=True)
         if scaler:
             scaler.scale(loss).backward()
@@ -235,7 +235,8 @@ class Bench:
         self.a, self.out = args, Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix="cnnlab-gpu-"))
-        self.budget = Budget(args.deadline, {1: 0.32, 2: 0.33, 3: 0.25, 4: 0.10})
+        shares = {i: s for i, s in {1: 0.32, 2: 0.33, 3: 0.25, 4: 0.10}.items() if i in args.items}
+        self.budget = Budget(args.deadline, {i: s / sum(shares.values()) for i, s in shares.items()})  # --items: theirs
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "benchmarks"),
                                                                  os.environ.get("PYTHONPATH", "")])}
         self.res: dict = {"machine": self.machine(), "args": vars(args), "items": {}, "skipped": []}
@@ -582,7 +583,7 @@ def loader_worker(spec: dict) -> dict:
         pass
     n, t = 0, time.perf_counter()
     while time.perf_counter() - t < spec["seconds"]:
-        for x, _, _ in loader:
+        for x, _ in loader:
             n += len(x)
     rate = n / (time.perf_counter() - t)
     return {"img_s": rate, "img_s_per_worker": rate / spec["workers"]}
