@@ -82,7 +82,7 @@ def imagefolder_path(root: Path, workers: int = 1, batch: int = 64):
     loader = data.train_dataloader()  # drop_last: a pass yields len(files) // batch full batches
 
     def run(_files) -> int:
-        return sum(len(x) for x, _, _ in loader)
+        return sum(len(x) for x, _ in loader)
 
     return run
 

@@ -27,7 +27,7 @@ def test_lenet5_mnist_cpu_is_the_papers_net_for_its_20_passes(tmp_path):
     cfg = compose_run(["experiment=lenet5_mnist_cpu"], tmp_path)
     assert (cfg.data.dataset, cfg.data.image_size, cfg.data.pad) == ("mnist", 32, 2)
     assert (cfg.model.activation, cfg.model.pool) == ("tanh", "avg")
-    assert (cfg.augment.crop_padding, cfg.augment.flip) == (0, False)  # the paper's 0.95% is without distortions
+    assert (cfg.augment.crop, cfg.augment.flip) == ("none", False)  # the paper's 0.95% is without distortions
     assert cfg.trainer.max_epochs == 20 and cfg.trainer.limit_train_batches is None  # 20 full passes (III.C)
     assert (cfg.data.batch_size, cfg.optim.lr, cfg.optim.weight_decay) == (64, 0.05, 5e-4)
     assert cfg.schedule._target_ == "cnnlab.schedule.cosine" and cfg.schedule.unit == "step"
@@ -40,13 +40,14 @@ def test_he2016_degradation_cpu_budget_and_nets(tmp_path):
     assert steps(cfg) == 2000 and cfg.data.batch_size == 128 and cfg.optim.lr == 0.1
     assert list(cfg.schedule.milestones) == [0.5, 0.75] and cfg.schedule.unit == "fraction"  # lr /10 at 1000, 1500
     assert (cfg.data.image_size, cfg.augment.crop_padding, cfg.data.val_split) == (16, 2, 5000)
-    assert sweep(cfg) == {"seed": ["0", "1"], "model": ["plain20", "plain56", "resnet20", "resnet56"]}
+    assert sweep(cfg) == {"seed": ["0", "1"], "model": [f"{kind}{depth}" for kind in ("plain", "resnet")
+                                                        for depth in (8, 14, 20, 56)]}
     nets = {}
     for name in sweep(cfg)["model"]:
         net = compose_run(["experiment=he2016_degradation_cpu", f"model={name}"], tmp_path / name)
         assert list(net.model.widths) == [8, 16, 32], name  # the widths apply to every net of the sweep
         nets[name] = macs_and_params(net, 16)
-    assert nets["plain20"] == nets["resnet20"] and nets["plain56"] == nets["resnet56"]  # option A adds nothing
+    assert all(nets[f"plain{d}"] == nets[f"resnet{d}"] for d in (8, 14, 20, 56))  # option A adds nothing
     assert nets["resnet20"] == (pytest.approx(2.562, abs=1e-3), 68_050)  # MMACs at 16x16, parameters
     assert nets["resnet56"] == (pytest.approx(7.871, abs=1e-3), 214_546)
 

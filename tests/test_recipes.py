@@ -39,7 +39,7 @@ RECIPES = {
         "model.dropout": [0.0, 0.1, 0.2, 0.3, 0.4]}, 4.60),
     "lin2014_cifar10": ("nin", {"data.batch_size": 128, "model.dropout": 0.5}, 8.81),
     "lecun1998_mnist": ("lenet5", {
-        "data.dataset": "mnist", "data.image_size": 32, "augment.crop_padding": 0, "trainer.max_epochs": 20,
+        "data.dataset": "mnist", "data.image_size": 32, "augment.crop": "none", "trainer.max_epochs": 20,
         "schedule.milestones": [2, 5, 8, 12], "schedule.factors": [0.4, 0.2, 0.1, 0.02], "model.activation": "tanh",
         "model.pool": "avg"}, 0.95),
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Interrupted, run_train
-from test_sweeps import TINY, multirun
+from test_sweeps import SMALL, multirun
 
 from cnnlab.report import main, report
 
@@ -26,9 +26,9 @@ def run_err1(run_dir: Path) -> float:
 def sweeps(tmp_path_factory) -> Path:
     """A real 4-job multirun (plain-20 and ResNet-20, seeds 0 and 1) and, beside it, a run that crashed at step 3."""
     root = tmp_path_factory.mktemp("sweeps")
-    multirun(["experiment=he2016_degradation_small", "model=plain20,resnet20", "seed=0,1", *TINY], root / "grid")
+    multirun(["experiment=he2016_degradation_small", "model=plain20,resnet20", "seed=0,1", *SMALL], root / "grid")
     with pytest.raises(Interrupted):
-        run_train(["experiment=he2016_degradation_small", "model=plain20", *TINY,
+        run_train(["experiment=he2016_degradation_small", "model=plain20", *SMALL,
                    "+callbacks.crash._target_=conftest.InterruptAt", "+callbacks.crash.step=3"], root / "crashed")
     return root
 
@@ -81,7 +81,7 @@ def test_cli_writes_into_out_and_names_a_missing_directory(sweeps, tmp_path, cap
 
 
 def test_resnext_table3_and_ilsvrc_table_from_a_real_sweep(tmp_path):
-    multirun(["experiment=resnext50_ablation_small", "model=resnext50_1x64d,resnext50_32x4d", *TINY,
+    multirun(["experiment=resnext50_ablation_small", "model=resnext50_1x64d,resnext50_32x4d", *SMALL,
               "data.synthetic_size=[24,8]", "data.val_split=8", "data.batch_size=8", "trainer.max_epochs=1"],
              tmp_path / "sweep")
     report([tmp_path / "sweep"], tmp_path / "out")

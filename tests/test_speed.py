@@ -34,9 +34,9 @@ def perf_rows(run_dir: Path) -> list[dict[str, float]]:
 class SlowData(InMemoryDataModule):
     """The in-memory data module with 0.3 s added to every training batch: a loader slower than the model."""
 
-    def _train_transform(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    def _train_transform(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None) -> tuple:
         time.sleep(0.3)
-        return super()._train_transform(x, g)
+        return super()._train_transform(x, y, g)
 
 
 def test_every_run_logs_throughput_data_wait_gmacs_and_flop_rate(tmp_path, caplog):

@@ -62,7 +62,10 @@ def test_every_job_of_every_sweep_composes(sweep, tmp_path):
     distinct = {tuple(o for o in job if not o.startswith("seed=")): job for job in jobs}  # seeds compose alike
     for i, job in enumerate(distinct.values()):
         cfg = compose_run([f"experiment={sweep}", *job], tmp_path / str(i))
-        assert cfg.hydra.runtime.choices.model == dict(o.split("=") for o in job)["model"]
+        swept = dict(o.split("=", 1) for o in job)
+        assert cfg.hydra.runtime.choices.model == swept.get("model", cfg.hydra.runtime.choices.model)
+        if "seed" in swept:
+            assert cfg.seed == int(swept["seed"])
 
 
 @pytest.mark.parametrize("depth", [50, 101])
