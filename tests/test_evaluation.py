@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 from conftest import ROOT, run_train
@@ -18,9 +19,7 @@ from cnnlab.evaluate import evaluate
 from cnnlab.evaluation import EvalProtocol, FullyConvolutional, log_scores
 from cnnlab.models import VGG, AlexNet, ResNet
 
-TINY = ["data=synthetic", "data.synthetic_size=[96,50]", "data.batch_size=32", "data.eval_batch_size=16",
-        "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0",
-        "callbacks.progress_bar.refresh_rate=0"]
+TINY = [*conftest.TINY, "data.synthetic_size=[96,50]", "data.eval_batch_size=16", "trainer.max_epochs=1"]
 
 
 def gradient_image(h: int = 256, w: int = 300) -> Image.Image:

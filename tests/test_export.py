@@ -4,6 +4,7 @@ batch size), carry the preprocessing metadata, and an export that does not match
 import json
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 from conftest import run_train
@@ -12,8 +13,7 @@ from torch import nn
 from cnnlab.export import export, main
 from cnnlab.predict import load
 
-QUICK = ["data=synthetic", "data.synthetic_size=[32,16]", "data.batch_size=16", "trainer.max_epochs=1",
-         "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0"]
+QUICK = [*conftest.TINY, "data.synthetic_size=[32,16]", "data.batch_size=16", "trainer.max_epochs=1"]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import ast
 import csv
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 import torchvision
@@ -15,8 +16,7 @@ from omegaconf import DictConfig
 
 from cnnlab.transfer import stages
 
-TINY = ["data=synthetic", "data.synthetic_size=[64,32]", "data.batch_size=16", "trainer.accelerator=cpu",
-        "trainer.log_every_n_steps=1", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0"]
+TINY = [*conftest.TINY, "data.synthetic_size=[64,32]", "data.batch_size=16"]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import csv
 import math
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
@@ -16,9 +17,7 @@ from torch import nn
 from cnnlab.predict import Checkpoint, load
 from cnnlab.visualize import confusion, filters, grad_cam, main, top9
 
-TINY = ["data=synthetic", "data.synthetic_size=[96,48]", "data.batch_size=32", "data.eval_batch_size=20",
-        "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0",
-        "callbacks.progress_bar.refresh_rate=0", "trainer.log_every_n_steps=1"]
+TINY = [*conftest.TINY, "data.synthetic_size=[96,48]", "data.eval_batch_size=20", "trainer.max_epochs=2"]
 
 
 @pytest.fixture(scope="module")
