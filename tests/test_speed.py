@@ -8,6 +8,7 @@ import time
 import warnings
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 from conftest import compose_run, run_train
@@ -20,9 +21,7 @@ from cnnlab.module import param_groups
 from cnnlab.schedule import triangular
 from cnnlab.summary import read_record
 
-TINY = ["data=synthetic", "data.synthetic_size=[192,64]", "data.batch_size=32", "trainer.accelerator=cpu",
-        "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0", "callbacks.throughput.window=2",
-        "callbacks.throughput.warmup=1"]
+TINY = [*conftest.TINY, "callbacks.throughput.window=2", "callbacks.throughput.warmup=1"]
 
 
 def perf_rows(run_dir: Path) -> list[dict[str, float]]:
