@@ -2,7 +2,7 @@
 # A real two-node SLURM cluster on this one machine (Debian's slurm-wlm; as root), to test and try the cluster
 # features without a cluster: nodes n1 and n2, one CPU each, partition "debug", no accounting daemon.
 #   slurm/local-cluster.sh up      install (apt) if needed, start munge + slurmctld + two slurmd; idempotent
-#   slurm/local-cluster.sh down    cancel every job, stop the slurm daemons
+#   slurm/local-cluster.sh down    cancel every job, stop the slurm daemons (and munged, if up started it)
 #   slurm/local-cluster.sh status  sinfo + squeue
 # State, logs and spool live in $CNNLAB_SLURM_DIR (default /tmp/cnnlab-slurm).
 set -euo pipefail
@@ -58,7 +58,8 @@ up() {
   [ -s /etc/munge/munge.key ] || mungekey -c -k /etc/munge/munge.key
   chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
   mkdir -p /run/munge && chown munge:munge /run/munge
-  pgrep -x munged >/dev/null || runuser -u munge -- munged
+  mkdir -p "$DIR"
+  pgrep -x munged >/dev/null || { runuser -u munge -- munged && touch "$DIR/munged.ours"; }  # down stops only ours
   if write_conf; then down_daemons; fi
   pgrep -x slurmctld >/dev/null || slurmctld
   for n in n1 n2; do pgrep -f "slurmd -N $n" >/dev/null || slurmd -N "$n"; done
@@ -82,7 +83,8 @@ down_daemons() {
 
 case "${1:-}" in
   up) up ;;
-  down) scancel --user="$(id -un)" 2>/dev/null || true; down_daemons ;;
+  down) scancel --user="$(id -un)" 2>/dev/null || true; down_daemons
+        if [ -e "$DIR/munged.ours" ]; then pkill -x munged 2>/dev/null || true; rm -f "$DIR/munged.ours"; fi ;;
   status) sinfo; squeue ;;
   *) die "usage: $0 up|down|status" ;;
 esac
