@@ -86,8 +86,9 @@ def test_resnext_table3_and_ilsvrc_table_from_a_real_sweep(tmp_path):
              tmp_path / "sweep")
     report([tmp_path / "sweep"], tmp_path / "out")
     table3 = {r["model"]: r for r in rows(tmp_path / "out" / "table3.csv")}
+    # paper top-1 error: Xie et al. 2017, Table 3
     assert [(r["setting"], r["params"], r["GMACs"], r["paper top-1 err %"]) for r in table3.values()] == [
-        ("1 x 64d", "25,557,032", "4.089", "23.9"), ("32 x 4d", "25,028,904", "4.230", "22.2")]  # REFERENCE.md 1
+        ("1 x 64d", "25,557,032", "4.089", "23.9"), ("32 x 4d", "25,028,904", "4.230", "22.2")]
     assert table3["resnext50_32x4d"]["n"] == "1"
     ilsvrc = {r["model"]: r for r in rows(tmp_path / "out" / "ilsvrc.csv")}
     assert list(ilsvrc) == ["resnext50_32x4d"]  # 1x64d is the Table 3 name of ResNet-50, not an ILSVRC entry

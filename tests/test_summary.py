@@ -1,5 +1,6 @@
-"""`python -m cnnlab.summary`: the per-layer AlexNet table of REFERENCE.md section 1, each model at its paper's input,
-auxiliary heads counted apart, Hydra's override grammar (typos fail, lists work, --help), nothing written to the cwd."""
+"""`python -m cnnlab.summary`: the per-layer table of the 64-filter AlexNet (torchvision's layout), each model at its
+paper's input, auxiliary heads counted apart, Hydra's override grammar (typos fail, lists work, --help), nothing
+written to the cwd."""
 
 import sys
 
@@ -12,7 +13,7 @@ from cnnlab import summary as S
 torch.set_num_threads(1)
 RECORD = S.read_record()
 
-# REFERENCE.md section 1, AlexNet (64-192-384-256-256) at 3x227x227:
+# AlexNet (64-192-384-256-256, Krizhevsky 2014's one-weird-trick layout) at 3x227x227:
 # (type, output C x H x W, memory KB, params k, MMACs), each rounded to an integer.
 ALEXNET = [
     ("Conv2d", "64x56x56", 784, 23, 73),  # conv1 11x11/4 pad 2

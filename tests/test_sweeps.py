@@ -81,7 +81,7 @@ def test_resnext_sweep_is_exactly_the_five_table3_settings_at_preserved_complexi
             model(x)
         settings[(cfg.model.groups, cfg.model.width_per_group)] = flops.get_total_flops() / 2e9
     assert sorted(settings) == [(1, 64), (2, 40), (4, 24), (8, 14), (32, 4)]  # C x d of Xie et al. 2017, Table 3
-    target = {50: 4.1, 101: 7.8}[depth]  # GMACs, "preserved complexity" (REFERENCE.md section 1: 4.089-4.267)
+    target = {50: 4.1, 101: 7.8}[depth]  # GMACs, "preserved complexity" (Xie et al. 2017, Table 3: 4.1 and 7.8 GFLOPs)
     assert all(abs(g - target) / target < 0.05 for g in settings.values()), settings
 
 
