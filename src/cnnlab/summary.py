@@ -33,7 +33,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -87,10 +87,8 @@ def load(name: str, overrides: list[str]) -> tuple[DictConfig, int]:
 
 def build(cfg: DictConfig, size: int, device: str = "meta") -> tuple[nn.Module, torch.Tensor]:
     """The model of cfg.model and one input image; on the meta device: no memory, no compute."""
-    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    kwargs.pop("pretrained", None)  # a loading instruction, not an argument of the class (conf/transfer)
     with torch.device(device):
-        model = instantiate(kwargs).eval()
+        model = instantiate(cfg.model).eval()
         x = torch.empty(1, cfg.data.in_channels, size, size)
     return model, x
 
