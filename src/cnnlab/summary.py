@@ -36,6 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -161,7 +162,7 @@ def remeasure(record: dict[str, dict], names: list[str] | None = None) -> dict[s
         raise ValueError(f"{', '.join(missing)}: no entry in {RECORD}. Add a line per config with its conditions, "
                          'e.g. "name": {"data": "imagenet", "input_size": 224, "paper": null}, and rerun')
     return {n: {k: record[n][k] for k in CONDITIONS} | measure(n, record[n]["data"], record[n]["input_size"])
-            for n in names}
+            for n in tqdm(names, desc="measuring the zoo", unit="config", disable=len(names) < 5)}
 
 
 def count(n: int | None) -> str:
