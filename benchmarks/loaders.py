@@ -135,7 +135,7 @@ def main() -> None:
             if name == "ffcv":
                 try:
                     import cv2  # noqa: F401
-                    import ffcv  # noqa: F401
+                    import ffcv  # noqa: F401  (first: name the backend itself when the whole extra is missing)
                 except ImportError as err:
                     print(f"{name:12s} skipped: {err.name} is not installed (pip install -e '.[ffcv]', README)")
                     continue
