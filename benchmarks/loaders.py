@@ -18,6 +18,7 @@ is per core. `--upscale 500x375` re-encodes the images at ImageNet's typical siz
 """
 
 import argparse
+import importlib
 import json
 import os
 import tempfile
@@ -134,8 +135,8 @@ def main() -> None:
         for name in a.paths:
             if name == "ffcv":
                 try:
-                    import cv2  # noqa: F401
-                    import ffcv  # noqa: F401  (first: name the backend itself when the whole extra is missing)
+                    for module in ("ffcv", "cv2"):  # ffcv first: name the backend when the whole extra is missing
+                        importlib.import_module(module)
                 except ImportError as err:
                     print(f"{name:12s} skipped: {err.name} is not installed (pip install -e '.[ffcv]', README)")
                     continue
