@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> float | None:
     log.info("run directory: %s", run_dir)
     with guards.recording_divergence(done):  # a non-finite loss: results.json says "diverged", exit 1
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    return guards.finish(trainer, done, trainer.test(module, datamodule=data))  # results.json, then the summary
+    return guards.finish(trainer, done, trainer.test(module, datamodule=data, ckpt_path=cfg.get("test_ckpt")))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

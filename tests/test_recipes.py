@@ -1,6 +1,8 @@
 """Every paper recipe is the paper's: the numbers each experiment config sets, the model variant it builds (shortcut
 option, stride placement, dropout placement, complexity) and the published number the report puts beside it."""
 
+import csv
+
 import pytest
 import torch
 from conftest import compose_run, run_train
@@ -20,15 +22,22 @@ RECIPES = {
     "he2016b_cifar10": ("preact_resnet164", {
         "data.batch_size": 128, "optim.lr": 0.1, "optim.momentum": 0.9, "optim.weight_decay": 1e-4,
         "schedule.milestones": [32000, 48000], "schedule.unit": "step", "trainer.max_steps": 64000,
-        "schedule.warmup": 400, "schedule.warmup_start": 0.1, "model.preact": True}, 5.46),
-    "he2016b_cifar10_1001": ("preact_resnet1001", {"model.depths": [111, 111, 111], "trainer.max_steps": 64000}, 4.92),
+        "schedule.warmup": 400, "schedule.warmup_start": 0.1, "model.preact": True,
+        "model.stride_in_1x1": True}, 5.46),  # the stride on the first 1x1, as the authors' resnet-pre-act.lua
+    "he2016b_cifar10_1001": ("preact_resnet1001", {  # the authors' README: fb.resnet.torch, batch 64, 200 epochs
+        "model.depths": [111, 111, 111], "model.stride_in_1x1": True, "data.batch_size": 64,
+        "module.reference_batch": 64, "optim.lr": 0.1, "optim.nesterov": True, "optim.weight_decay": 1e-4,
+        "schedule.milestones": [80, 121], "schedule.unit": "epoch", "schedule.warmup": 0, "trainer.max_epochs": 200,
+        "trainer.max_steps": -1}, 4.62),
     "zagoruyko2016_cifar10": ("wrn28_10", {
         "data.batch_size": 128, "optim.lr": 0.1, "optim.nesterov": True, "optim.weight_decay": 5e-4,
         "schedule.milestones": [60, 120, 160], "schedule.gamma": 0.2, "schedule.unit": "epoch",
         "trainer.max_epochs": 200, "model.dropout": 0.3}, 3.89),
     "huang2016_cifar10": ("resnet110_sd", {
         "data.batch_size": 128, "optim.lr": 0.1, "optim.nesterov": True, "optim.weight_decay": 1e-4,
-        "schedule.milestones": [250, 375], "trainer.max_epochs": 500, "model.stochastic_depth": 0.5}, 5.25),
+        "schedule.milestones": [250, 375], "trainer.max_epochs": 500, "model.stochastic_depth": 0.5,
+        "model.stochastic_depth_mode": "batch", "model.shortcut": "A_avgpool", "data.val_split": 5000,
+        "data.normalize": "pixel_mean_global_std", "test_ckpt": "best"}, 5.25),
     "huang2017_cifar10": ("densenet_bc100", {
         "data.batch_size": 64, "module.reference_batch": 64, "optim.lr": 0.1, "optim.nesterov": True,
         "optim.weight_decay": 1e-4, "schedule.milestones": [150, 225], "trainer.max_epochs": 300,
@@ -73,7 +82,10 @@ def test_recipe_sets_the_papers_numbers_and_trains_a_step(experiment, tmp_path):
     if model in ("wrn28_10", "preact_resnet1001", "fractalnet"):  # 10-36M parameters: built, not trained, here
         assert build([f"experiment={experiment}"], tmp_path / "meta") is not None
         return
-    run_train([f"experiment={experiment}", *TINY], tmp_path / "run")
+    tiny = TINY if OmegaConf.select(cfg, "test_ckpt") is None else [  # fast_dev_run saves no best checkpoint
+        *TINY[:-3], "trainer.max_epochs=1", "trainer.max_steps=-1", "trainer.limit_train_batches=1",
+        "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0"]
+    run_train([f"experiment={experiment}", *tiny], tmp_path / "run")
     assert (tmp_path / "run" / "results.json").is_file()
 
 
@@ -134,3 +146,52 @@ def test_alexnet_dropout_zeroes_fc6_fc7_outputs_as_the_paper_or_their_inputs_as_
     assert zeros["outputs"] > zeros["inputs"] + 0.2
     with pytest.raises(ValueError, match="dropout_on must be one of .* got 'fc6'"):
         AlexNet(dropout_on="fc6")
+
+
+def test_he2016b_stride_in_1x1_keeps_the_parameters_and_moves_the_stride(tmp_path):
+    v15 = build(["model=preact_resnet164"], tmp_path / "a")
+    v1 = build(["experiment=he2016b_cifar10"], tmp_path / "b")
+    assert sum(p.numel() for p in v1.parameters()) == sum(p.numel() for p in v15.parameters())  # 1000 classes here
+    assert (v1.layer2[0].conv1.stride, v1.layer2[0].conv2.stride) == ((2, 2), (1, 1))
+    assert (v15.layer2[0].conv1.stride, v15.layer2[0].conv2.stride) == ((1, 1), (2, 2))
+
+
+def test_pixel_mean_global_std_subtracts_the_mean_image_and_divides_by_one_std():
+    from cnnlab.data import InMemoryDataModule
+
+    data = {n: InMemoryDataModule("synthetic", synthetic_size=(64, 16), val_split=16, normalize=n,
+                                  device_resident=False) for n in ("pixel_mean_global_std", "pixel_mean", "channel")}
+    for d in data.values():
+        d.setup()
+    d = data["pixel_mean_global_std"]
+    x = d.splits["train"].x.double() / 255  # the 48 training images, not the held-out 16
+    assert torch.allclose(d.mean.double(), x.mean(0), atol=1e-6)  # C x H x W: one mean per pixel
+    assert d.std.shape == (3, 1, 1) and torch.allclose(d.std.double(), x.std().expand(3, 1, 1), atol=1e-6)
+    z = d.normalize(d.splits["train"].x).double()
+    assert z.mean(0).abs().max() < 1e-5
+    assert z.std().item() == pytest.approx(x.sub(x.mean(0)).std().item() / x.std().item(), rel=1e-4)
+    assert torch.equal(data["pixel_mean"].mean, d.mean) and torch.equal(data["pixel_mean"].std, torch.ones(3, 1, 1))
+    assert torch.equal(data["channel"].mean.flatten(), torch.tensor([0.5] * 3))  # the other modes: unchanged
+    with pytest.raises(ValueError, match="normalize must be one of .* got 'pixel_std'"):
+        InMemoryDataModule("synthetic", normalize="pixel_std")
+
+
+def test_test_ckpt_best_tests_the_best_validation_checkpoint(tmp_path):
+    import json
+
+    # val = test (val_split=0), so the tested error of the best checkpoint is the best epoch's validation error; lr
+    # x 50 in the last epoch spoils it, so the last epoch is not the best one (checked) and the two settings differ
+    common = ["data=synthetic", "data.synthetic_size=[64,64]", "data.image_size=8", "data.batch_size=16",
+              "data.val_split=0", "module.reference_batch=16", "optim.lr=0.1", "model=resnet8",
+              "trainer.max_epochs=4", "trainer.max_steps=-1", "trainer.accelerator=cpu",
+              "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0", "schedule.unit=epoch",
+              "schedule.milestones=[3]", "schedule.factors=[50]"]
+    out = {}
+    for tested in ("null", "best"):
+        run_train([*common, f"test_ckpt={tested}"], tmp_path / tested)
+        out[tested] = json.loads((tmp_path / tested / "results.json").read_text())
+    metrics = tmp_path / "best" / "csv" / "version_0" / "metrics.csv"
+    val = [float(r["val/err1"]) for r in csv.DictReader(metrics.open()) if r.get("val/err1")]
+    assert len(val) == 4 and val[-1] > min(val), val
+    assert out["best"]["test"]["test/err1"] == pytest.approx(min(val)) == pytest.approx(out["best"]["best_score"])
+    assert out["null"]["test"]["test/err1"] == pytest.approx(val[-1])  # the final weights

@@ -100,6 +100,32 @@ def test_stochastic_depth_drops_blocks_in_training_only() -> None:
         assert torch.equal(plain.train()(x), plain.train()(x))  # without it, training mode is deterministic
 
 
+def test_stochastic_depth_batch_mode_drops_a_block_for_the_whole_mini_batch_at_rate_p() -> None:
+    torch.manual_seed(0)
+    model = cifar(shortcut="A", stochastic_depth=0.5, stochastic_depth_mode="batch").train()
+    blocks = [b for name in model.stages for b in getattr(model, name)]
+    kept = {i: [] for i in range(len(blocks))}
+
+    def record(i):
+        def hook(module, inputs, output):  # per sample: is the branch's output all zero?
+            kept[i].append((output.flatten(1) != 0).any(1))
+        return hook
+
+    hooks = [b.drop_path.register_forward_hook(record(i)) for i, b in enumerate(blocks)]
+    with torch.no_grad():
+        for _ in range(400):
+            model(torch.randn(6, 3, 8, 8))
+    for h in hooks:
+        h.remove()
+    for i, b in enumerate(blocks):
+        steps = torch.stack(kept[i])  # steps x samples
+        assert torch.equal(steps.all(1), steps.any(1)), i  # all samples of a step kept, or all dropped
+        drop = 1 - steps[:, 0].float().mean().item()
+        assert drop == pytest.approx(b.drop_path.p, abs=0.08), i  # one Bernoulli(p_l) per block per step
+    row = cifar(shortcut="A", stochastic_depth=0.5).train()
+    assert all(b.drop_path.mode == "row" for name in row.stages for b in getattr(row, name))  # the default
+
+
 def test_wrn_dropout_between_the_convs() -> None:
     model = build("wrn28_10")
     assert model.conv1.out_channels == 16 and model.layer1[0].conv1.out_channels == 160
@@ -171,8 +197,21 @@ def test_option_a_shortcut_is_zero_padded_identity() -> None:
     assert torch.equal(y[:, :4], x[:, :, ::2, ::2]) and not y[:, 4:].any()
 
 
+def test_option_a_avgpool_shortcut_averages_2x2_and_zero_pads() -> None:
+    model = ResNet([1, 1], [4, 8], stem="cifar", shortcut="A_avgpool", num_classes=2)
+    assert count(model) == count(ResNet([1, 1], [4, 8], stem="cifar", shortcut="A", num_classes=2))  # no parameters
+    x = torch.arange(4 * 8 * 8, dtype=torch.float32).view(1, 4, 8, 8)
+    y = model.layer2[0].downsample(x)
+    assert y.shape == (1, 8, 4, 4)
+    assert y[0, 0, 0, 0] == (x[0, 0, 0, 0] + x[0, 0, 0, 1] + x[0, 0, 1, 0] + x[0, 0, 1, 1]) / 4  # 0, 1, 8, 9 -> 4.5
+    assert torch.equal(y[:, :4], torch.nn.functional.avg_pool2d(x, 2)) and not y[:, 4:].any()
+    odd = model.layer2[0].downsample(torch.randn(1, 4, 7, 7))  # as the stride-2 conv: 7 -> 4
+    assert odd.shape == (1, 8, 4, 4) and model(torch.randn(2, 3, 7, 7)).shape == (2, 2)
+
+
 @pytest.mark.parametrize(("kw", "message"), [
     ({"shortcut": "C"}, "shortcut must be one of .* got 'C'"),
+    ({"stochastic_depth": 0.5, "stochastic_depth_mode": "sample"}, "stochastic_depth_mode .* got 'sample'"),
     ({"depths": [3, 3]}, r"got \[3, 3\]"),
     ({"block": "wide"}, "got 'wide'"),
     ({"groups": 32}, "32x64d"),

@@ -19,7 +19,7 @@ from cnnlab.evaluation import EvalProtocol
 
 log = logging.getLogger(__name__)
 DATASETS = ("cifar10", "cifar100", "mnist", "synthetic")
-NORMALIZE = ("channel", "pixel_mean")
+NORMALIZE = ("channel", "pixel_mean", "pixel_mean_global_std")
 
 
 class TensorBatches:
@@ -86,6 +86,17 @@ def loop_position(trainer: L.Trainer | None) -> tuple[int, int]:
     return (epoch + 1, 0) if done >= trainer.num_training_batches else (epoch, done)
 
 
+def global_std(x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """The sample std (n - 1) of every value of uint8 images, in [0, 1] units, as a 1 x 1 x 1 tensor; summed in
+    float64 chunks so 45k CIFAR images never exist as one float copy."""
+    total = torch.zeros(2, dtype=torch.float64)
+    for part in x.split(chunk):
+        v = part.double().cpu() / 255
+        total += torch.stack([v.sum(), (v * v).sum()])
+    n = x.numel()
+    return ((total[1] - total[0] ** 2 / n) / (n - 1)).sqrt().float().view(1, 1, 1)
+
+
 class InMemoryDataModule(L.LightningDataModule):
     """CIFAR-10/100, MNIST or synthetic images, whole in memory, augmented per batch on the training device."""
 
@@ -119,8 +130,9 @@ class InMemoryDataModule(L.LightningDataModule):
             pad: zero pixels added on each side once at load (MNIST's 28x28 -> LeNet-5's 32x32 input).
             val_split: images held out of the training set for validation (He et al. 2016: 5000); 0 validates on
                 the test set. The split is fixed (seed 0) whatever the run's seed.
-            normalize: "channel" ((x - mean) / std per channel) or "pixel_mean" (subtract the training set's
-                per-pixel mean image, He et al. 2016 4.2).
+            normalize: "channel" ((x - mean) / std per channel), "pixel_mean" (subtract the training set's
+                per-pixel mean image, He et al. 2016 4.2) or "pixel_mean_global_std" (that, divided by one std over
+                every value of the training set: Huang et al. 2016's cifar-dataset.lua, `data:mean(1)`, `data:std()`).
             augment: the training preset (config group `augment`) with an in-memory crop (none, pad).
             evaluation: the test protocol (config group `eval`): none (the stored images) or flip (and their
                 mirror images); validation scores the stored images every epoch.
@@ -185,6 +197,10 @@ class InMemoryDataModule(L.LightningDataModule):
         if hp.normalize == "pixel_mean":
             self.mean = self.splits["train"].x.float().mean(0) / 255  # C x H x W
             self.std = torch.ones(hp.in_channels, 1, 1, device=device)
+        elif hp.normalize == "pixel_mean_global_std":
+            x = self.splits["train"].x
+            self.mean = x.float().mean(0) / 255  # C x H x W
+            self.std = global_std(x).repeat(hp.in_channels, 1, 1).to(device)
         else:
             self.mean = torch.tensor(hp.mean, device=device).view(-1, 1, 1)
             self.std = torch.tensor(hp.std, device=device).view(-1, 1, 1)

@@ -15,7 +15,8 @@ from cnnlab.models.resnet_blocks import Block, ZeroPadShortcut, conv1x1, conv3x3
 
 BLOCKS = ("basic", "bottleneck")
 STEMS = ("cifar", "imagenet")
-SHORTCUTS = ("A", "B")
+SHORTCUTS = ("A", "A_avgpool", "B")
+DROP_MODES = ("row", "batch")
 
 
 class ResNet(nn.Module):
@@ -38,6 +39,7 @@ class ResNet(nn.Module):
         preact: bool = False,
         se_reduction: int | None = None,
         stochastic_depth: float = 0.0,
+        stochastic_depth_mode: str = "row",
         dropout: float = 0.0,
         stem_width: int | None = None,
     ) -> None:
@@ -48,7 +50,8 @@ class ResNet(nn.Module):
             block: "basic" (two 3x3) or "bottleneck" (1x1-3x3-1x1).
             stem: "cifar" (3x3 conv, no pooling; paper 4.2) or "imagenet" (7x7/2 conv + 3x3/2 max-pool; Table 1).
             shortcut: "A" zero-padded identity (no parameters) or "B" 1x1 projection where shapes change (paper 3.3);
-                both work with either stem (Table 2's ImageNet ResNet-18/34 are option A).
+                both work with either stem (Table 2's ImageNet ResNet-18/34 are option A). "A_avgpool" is option A
+                subsampled by 2x2 average pooling, not by taking every other pixel (Huang et al. 2016's code).
             residual: False builds the plain twin: the same layers without any shortcut.
             groups, width_per_group: ResNeXt cardinality C and bottleneck width d ("32x4d"); 1, 64 is ResNet.
                 Wide ResNet-50-2 is width_per_group=128 (torchvision's wide_resnet50_2).
@@ -61,6 +64,8 @@ class ResNet(nn.Module):
             se_reduction: squeeze-and-excitation with reduction ratio r on every block (Hu et al. 2018: r = 16).
             stochastic_depth: 1 - p_L, the drop probability of the last block; block l of L drops its residual branch
                 with probability l / L * stochastic_depth (Huang et al. 2016, Eq. 4: linear decay, p_L = 0.5).
+            stochastic_depth_mode: "row" drops a block for each sample on its own (torchvision's default); "batch"
+                drops it for the whole mini-batch, one draw per block per step (Huang et al. 2016, 3).
             dropout: dropout rate between the convs of each block (Zagoruyko & Komodakis 2016: 0.3 for WRN-28-10).
             stem_width: channels of the stem conv; None is widths[0] (WRN: 16, then stages of 16k-32k-64k).
         """
@@ -81,6 +86,8 @@ class ResNet(nn.Module):
             raise ValueError(f"se_reduction must be a positive ratio or None, got {se_reduction}")
         if not 0.0 <= stochastic_depth < 1.0 or (stochastic_depth and not residual):
             raise ValueError(f"stochastic_depth must be in [0, 1) on a residual net, got {stochastic_depth}")
+        if stochastic_depth_mode not in DROP_MODES:
+            raise ValueError(f"stochastic_depth_mode must be one of {DROP_MODES}, got {stochastic_depth_mode!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         cls = BLOCK_CLASSES[block, preact]
@@ -104,15 +111,16 @@ class ResNet(nn.Module):
             for j in range(int(depth)):
                 downsample = None
                 if residual and j == 0 and (stride != 1 or cin != cout):
-                    if shortcut == "A":
-                        downsample = ZeroPadShortcut(cout, stride)
+                    if shortcut.startswith("A"):
+                        downsample = ZeroPadShortcut(cout, stride, avgpool=shortcut == "A_avgpool")
                     elif preact:
                         downsample = conv1x1(cin, cout, stride)
                     else:
                         downsample = nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
                 index += 1
                 kw = dict(groups=groups, width_per_group=width_per_group, stride_in_1x1=stride_in_1x1,
-                          se_reduction=se_reduction, drop_prob=stochastic_depth * index / total, dropout=dropout)
+                          se_reduction=se_reduction, drop_prob=stochastic_depth * index / total,
+                          drop_mode=stochastic_depth_mode, dropout=dropout)
                 layers.append(cls(cin, planes, stride if j == 0 else 1, downsample, residual, **kw))
                 cin = cout
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))

@@ -25,14 +25,19 @@ def bottleneck_shape(planes: int, stride: int, groups: int, width_per_group: int
 
 
 class ZeroPadShortcut(nn.Module):
-    """Option A: identity with stride-2 subsampling and zero-padded extra channels; no parameters (paper, 3.3)."""
+    """Option A: identity with stride-2 subsampling and zero-padded extra channels; no parameters (paper, 3.3).
+    avgpool=True subsamples by stride x stride average pooling instead, as Huang et al. 2016's code (ResidualDrop.lua:
+    SpatialAveragePooling(2, 2, 2, 2), then nn.Padding with zeros)."""
 
-    def __init__(self, cout: int, stride: int) -> None:
+    def __init__(self, cout: int, stride: int, avgpool: bool = False) -> None:
         super().__init__()
-        self.cout, self.stride = cout, stride
+        self.cout, self.stride, self.avgpool = cout, stride, avgpool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
+        if self.avgpool and self.stride > 1:  # ceil_mode: the strided conv's output size for odd sides too
+            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+        else:
+            x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.cout - x.shape[1]))
 
 
@@ -42,13 +47,16 @@ class Block(nn.Module):
     expansion = 1
 
     def _tail(self, cout: int, downsample: nn.Module | None, residual: bool, se_reduction: int | None = None,
-              drop_prob: float = 0.0, dropout: float = 0.0, **_) -> None:
+              drop_prob: float = 0.0, drop_mode: str = "row", dropout: float = 0.0, **_) -> None:
         self.relu = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.downsample, self.residual = downsample, residual
         # Hu et al. 2018, Fig. 3: squeeze-and-excite the branch output, before the addition
         self.se = SqueezeExcitation(cout, cout // se_reduction) if se_reduction else nn.Identity()
-        self.drop_path = StochasticDepth(drop_prob, "row")  # per sample; identity in eval (torchvision convention)
+        # "row": per sample; "batch": the whole branch for the mini-batch (Huang et al. 2016, 3 and their main.lua).
+        # Deviation from Huang et al.: a kept branch is scaled by 1/survival in training and used as is in eval
+        # (torchvision), where they scale by the survival probability in eval; the branch's last BN absorbs the factor.
+        self.drop_path = StochasticDepth(drop_prob, drop_mode)
 
     def add(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         out = self.se(out)

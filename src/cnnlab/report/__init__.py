@@ -3,6 +3,10 @@ with the papers' numbers beside ours.
 
     python -m cnnlab.report <multirun dir> [<dir> ...] [--out DIR] [--eval center tencrop [--set data.root=...]]
     python -m cnnlab.report --ckpt resnet50=runs/x/checkpoints/best.ckpt [[NAME=]CKPT ...] --eval center tencrop
+    python -m cnnlab.report --table readme results/      # the README's results rows, from committed runs (claims)
+    python -m cnnlab.report --table cpu-doc results/     # docs/reproductions-cpu.md's tables
+    python -m cnnlab.report --collect results/NAME <dirs> --measured commit=... command=... machine=... threads=1 \
+        dates=... experiment=...                         # copy finished runs' small files into results/NAME
 
 A directory is any folder holding run directories at any depth (a multirun, a runs/ tree, one run); a run directory
 is one with .hydra/ or config.yaml. A run has finished when train.py wrote its results.json (the file is written
@@ -27,7 +31,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from cnnlab.report import he2016, recipes, xie2017
+from cnnlab.report import claims, he2016, recipes, xie2017
 from cnnlab.report.he2016 import degradation_figure, degradation_report
 from cnnlab.report.ilsvrc import checkpoint_entries, evaluate_checkpoint, ilsvrc_entries, ilsvrc_report
 from cnnlab.report.recipes import recipes_report
@@ -78,9 +82,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="evaluation protocols (conf/eval) for ImageNet checkpoints, e.g. center tencrop")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="for --eval, as cnnlab.evaluate takes them: data.root=/imagenet data.eval_batch_size=64")
+    parser.add_argument("--table", choices=("readme", "cpu-doc"),
+                        help="print only the README's results rows or docs/reproductions-cpu.md's tables, from the "
+                             "results folders (with MEASURED.json) under dirs; writes nothing")
+    parser.add_argument("--collect", type=Path, metavar="DEST",
+                        help="copy the small files of the finished runs under dirs into DEST (results/<name>)")
+    parser.add_argument("--measured", nargs="+", default=[], metavar="KEY=VALUE",
+                        help=f"for --collect, DEST/MEASURED.json: {', '.join(claims.MEASURED_KEYS)}")
     args = parser.parse_args(argv)
     if not args.dirs and not args.ckpt:
         parser.error("give at least one directory or --ckpt")
+    if args.table:
+        print("\n".join(claims.readme_rows(args.dirs)) if args.table == "readme" else claims.cpu_doc_tables(args.dirs))
+        return
+    if args.collect:
+        info = dict(kv.split("=", 1) for kv in args.measured)
+        for path in claims.collect(args.collect, args.dirs, info):
+            print(path)
+        return
     if args.ckpt and not args.eval:
         parser.error("--ckpt needs --eval (e.g. --eval center tencrop)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

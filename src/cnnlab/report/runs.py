@@ -46,10 +46,11 @@ def _yaml(path: Path) -> dict | list | None:
 
 
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Epoch-level metrics of csv/version_*/metrics.csv; a resumed run's later version overrides repeated epochs."""
+    """Epoch-level metrics of csv/version_*/metrics.csv; a resumed run's later version overrides repeated epochs. A
+    committed run (results/) keeps them as metrics.csv beside results.json."""
     by_epoch: dict[str, dict[int, tuple[int, float]]] = {k: {} for k in CURVE_KEYS}
     versions = sorted(run_dir.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    for path in versions:
+    for path in versions or [p for p in [run_dir / "metrics.csv"] if p.is_file()]:
         with path.open() as f:
             for row in csv.DictReader(f):
                 for key in CURVE_KEYS:
@@ -64,9 +65,25 @@ def read_run(path: Path) -> Run:
         key, _, value = o.lstrip("+~").partition("=")
         overrides[key] = value
     hydra = (_yaml(path / ".hydra" / "hydra.yaml") or {}).get("hydra", {})
-    model = hydra.get("runtime", {}).get("choices", {}).get("model", "?")
+    model = hydra.get("runtime", {}).get("choices", {}).get("model", overrides.get("model", "?"))
     results = json.loads((path / "results.json").read_text()) if (path / "results.json").is_file() else None
-    return Run(path, overrides, model, _yaml(path / "config.yaml") or {}, results, read_curves(path))
+    config = _yaml(path / "config.yaml") or resolved(_yaml(path / ".hydra" / "config.yaml") or {})
+    return Run(path, overrides, model, config, results, read_curves(path))
+
+
+def resolved(config: dict) -> dict:
+    """Hydra's .hydra/config.yaml with the interpolations resolved that need no Hydra runtime (model.num_classes:
+    ${data.num_classes}); a top-level node that needs one (${hydra:runtime.output_dir}) stays as written."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg, out = OmegaConf.create(config), {}
+    for key in config:
+        try:
+            out[key] = OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        except OmegaConfBaseException:
+            out[key] = config[key]
+    return out
 
 
 def find_runs(dirs: list[Path]) -> list[Run]:
