@@ -269,7 +269,7 @@ def _train(jobs: list[Job], progress_every: int | None) -> None:
 
     def diverge(j: int, bad_step: int | None, why: str | None = None) -> None:
         run = runs[j]
-        lr = run.job.lrs.get(bad_step) if bad_step is not None else run.optimizer.param_groups[0]["lr"]
+        lr = run.job.lrs.get(bad_step, run.optimizer.param_groups[0]["lr"])
         msg = why or (f"the training loss is not finite at step {bad_step} (epoch {epoch}, lr {lr:g}): the run "
                       f"diverged. Lower optim.lr (or add schedule.warmup); the last checkpoint holds the last finite "
                       f"weights")
