@@ -107,12 +107,12 @@ def test_sweep_cli_divergence_report_evaluate(tmp_path: Path) -> None:
     ok, bad = (json.loads((sweep / i / "results.json").read_text()) for i in ("0", "1"))
     assert ok["status"] == "finished" and ok["global_step"] == 3 and set(ok["test"]) == {"test/loss", "test/err1",
                                                                                           "test/err5"}
-    assert bad["status"] == "diverged" and bad["lr"] == 1e6 and "optim.lr" in bad["error"]
+    assert bad["status"] == "diverged" and bad["lr"] > 1e3 and "optim.lr" in bad["error"]  # lr at that step
     for i in ("0", "1"):
         assert {p.name for p in (sweep / i / ".hydra").iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
         assert (sweep / i / "train.log").read_text().count("fused: 2 jobs") == 1
     assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()
-    assert not (sweep / "1" / "checkpoints").exists()  # diverged in its first epoch: nothing to keep
+    assert not list((sweep / "1").rglob("*.ckpt"))  # diverged in its first epoch: nothing to keep
 
     from cnnlab.evaluate import evaluate
 
