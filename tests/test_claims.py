@@ -1,7 +1,9 @@
 """The papers' claims on one GPU (benchmarks/claims.sh) on the CPU: every code path in smoke mode, and the verdicts'
 arithmetic; and airbench94's recipe steps of experiment=cifar10_fast, one test each, with the defaults unchanged."""
 
+import json
 import pickle
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -193,3 +195,67 @@ def test_the_official_python_cifar10_layout_is_read(tmp_path, monkeypatch):
     assert len(dm.splits["train"].y) == 20 and len(dm.splits["test"].y) == 6 and dm.classes == names
     assert torch.equal(dm.splits["train"].x[0], torch.from_numpy(first))  # the bytes as stored, channels first
     assert dm.splits["test"].y.tolist() == list(range(6))
+
+
+# ---- benchmarks/claims.sh ----------------------------------------------------------------------------------------
+@pytest.fixture
+def claims_bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import claims
+
+    yield claims
+    sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_claims_smoke_runs_every_claim_and_the_ablation_end_to_end(claims_bench, cifar10_slice, tmp_path):
+    """`python benchmarks/claims.py OUT --smoke --in-process`: every claim's runs, 2 steps each, tables and curves."""
+    from cnnlab.data.pack import pack
+
+    cifar, inet = tmp_path / "cifar.npz", tmp_path / "imagenette.npz"
+    pack(cifar10_slice, cifar, "cifar10", per_class=10)
+    folder = tmp_path / "inet"  # an ImageNet layout (train/, val/) made of CIFAR's JPEGs
+    for split in ("train", "val"):
+        for c in sorted((cifar10_slice / "test").iterdir()):
+            (folder / split / c.name).mkdir(parents=True)
+            for f in sorted(c.iterdir())[:5]:
+                (folder / split / c.name / f.name).symlink_to(f)
+    pack(folder, inet, "imagenette")
+    out = tmp_path / "out"
+    claims_bench.main([str(out), "--smoke", "--in-process", "--cifar", str(cifar), "--imagenette", str(inet)])
+    res = json.loads((out / "claims.json").read_text())
+    assert res["cifar_pixels"] == "JPEG copy, not the official pixels"
+    for claim, c in claims_bench.CLAIMS.items():
+        got = res["claims"][claim]
+        assert "error" not in got, got.get("error")
+        assert all(r["test_err"] is not None and r["curve"] for r in got["runs"]), claim
+        assert {r["label"] for r in got["runs"]} >= set(c["models"])
+        assert (out / "curves" / f"{claim}.csv").read_text().count("\n") > len(got["runs"])
+    assert len(res["claims"]["fast"]["ablation"]) == 1 + len(claims_bench.ABLATIONS)
+    md = (out / "claims.md").read_text()
+    assert md.count("| Deeper plain nets train worse") == 2 and "error falls with cardinality" in md
+    assert "JPEG copy, not the official pixels" in md and "## cifar10_fast ablation" in md
+
+
+def test_claims_verdicts_need_the_seed_ranges_apart(claims_bench):
+    run = lambda label, seed, tr, te: {"label": label, "seed": seed, "train_err": tr, "test_err": te}  # noqa: E731
+    by = {"plain20": [run("plain20", s, 0.10 + s / 100, 0.12) for s in range(3)],
+          "plain56": [run("plain56", s, 0.20 + s / 100, 0.20) for s in range(3)],
+          "resnet20": [run("resnet20", s, 0.08 + s / 100, 0.10 + s / 100) for s in range(3)],
+          "resnet56": [run("resnet56", s, 0.05 + s / 100, 0.095 + s / 100) for s in range(3)]}
+    plain, res = claims_bench.verdicts("fig6", by)
+    assert plain["shown"] and "11.00 ± 1.00% (10.00-12.00, n=3)" in plain["ours"]
+    assert not res["shown"]  # test ranges 9.5-11.5 and 10-12 overlap: not shown, with its numbers
+    ms = claims_bench.CLAIMS["cardinality"]["models"]
+    falling = {m: [run(m, s, 0, 0.3 - 0.02 * i + s / 1000) for s in range(3)] for i, m in enumerate(ms)}
+    assert claims_bench.verdicts("cardinality", falling)[0]["shown"]
+    falling[ms[2]] = [run(ms[2], s, 0, 0.31) for s in range(3)]
+    assert not claims_bench.verdicts("cardinality", falling)[0]["shown"]
+    fast = {"airbench94": [run("airbench94", s, 0, 0.059) for s in range(4)]}
+    assert not claims_bench.verdicts("fast", fast)[0]["shown"]  # 94.1% but n = 4 < 5
+
+
+def test_claims_out_of_time_lists_runs_not_run(claims_bench, tmp_path):
+    claims_bench.main([str(tmp_path), "--deadline", "0", "--items", "fig6", "--cifar", str(tmp_path / "x.npz")])
+    res = json.loads((tmp_path / "claims.json").read_text())
+    assert len(res["claims"]["fig6"]["not_run"]) == 12 and not res["claims"]["fig6"]["runs"]
+    assert "not run (out of time): plain20 seed 0" in (tmp_path / "claims.md").read_text()
