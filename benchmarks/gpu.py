@@ -369,8 +369,8 @@ class Bench:
             return self.skip(2, "cifar10_fast", f"no packed CIFAR-10 at {data} (bash benchmarks/gpu.sh --prepare)")
         res = self.res["items"]["2"] = {"data": str(data), "runs": []}
         seeds = [0] if self.smoke else list(range(self.a.seeds))
-        extra = ["trainer.max_epochs=1", "module.compile=false", "trainer.precision=32-true", "data.batch_size=16",
-                 "callbacks.ema.update_starting_at_step=1"] if self.smoke else []
+        extra = ["trainer.max_epochs=1", "module.compile=false", "trainer.precision=32-true",
+                 "data.batch_size=16"] if self.smoke else []
         for seed in seeds:
             if not self.fits(2, f"cifar10_fast seed {seed}", 0 if self.smoke else 40):
                 continue

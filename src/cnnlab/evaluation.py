@@ -31,6 +31,7 @@ class EvalProtocol:
         scales: tuple[int, ...] = (224, 256, 384, 480, 640),
         flip: bool = False,
         square: bool = False,
+        translate: int = 0,
     ) -> None:
         """
         Args:
@@ -43,6 +44,8 @@ class EvalProtocol:
             square: "tencrop" cuts its corners from the central resize x resize square (Krizhevsky et al. 2012,
                 4.1: "the four corner patches and the center patch" of the 256x256 image) instead of from the whole
                 resized rectangle (fb.resnet.torch's and torchvision's TenCrop).
+            translate: in-memory data: also score each stored image shifted by `translate` pixels up-left and
+                down-right (reflection-padded); with flip, 6 views (airbench94's tta_level 2 with translate 1).
         """
         if name not in PROTOCOLS:
             raise ValueError(f"eval protocol must be one of {PROTOCOLS}, got {name!r}")
@@ -51,7 +54,10 @@ class EvalProtocol:
         if not scales or min(scales) < 1:
             raise ValueError(f"scales must be positive shorter-side lengths in pixels, got {scales}")
         self.name, self.resize, self.crop, self.scales = name, resize, crop, tuple(scales)
-        self.flip, self.square = flip or name == "flip", square
+        if translate < 0 or (translate and name not in IN_MEMORY):
+            raise ValueError(f"translate must be >= 0 and shifts stored images (eval=none or flip), got translate="
+                             f"{translate} with eval={name}")
+        self.flip, self.square, self.translate = flip or name == "flip", square, translate
 
     @classmethod
     def build(cls, spec: "EvalProtocol | Mapping | None") -> "EvalProtocol":
@@ -89,7 +95,14 @@ class EvalProtocol:
         if self.name not in IN_MEMORY:
             raise ValueError(f"eval={self.name} cuts views from image files; in-memory data (CIFAR, MNIST) scores "
                              f"its stored images: eval=none or eval=flip")
-        return torch.stack([x, x.flip(-1)], 1) if self.flip else x
+        if not self.translate:
+            return torch.stack([x, x.flip(-1)], 1) if self.flip else x
+        t, (h, w) = self.translate, x.shape[-2:]
+        mode = "reflect" if min(h, w) > t else "replicate"  # images smaller than the shift: nothing to mirror
+        padded = F.pad(x.float(), (t,) * 4, mode=mode).to(x.dtype)  # exact for uint8 (float holds 0-255)
+        views = [x, padded[..., : h, : w], padded[..., 2 * t :, 2 * t :]]
+        # airbench94 weights the untranslated pair 1/2 and averages logits; here 6 equal softmax views (deviation)
+        return torch.stack([v for view in views for v in ([view, view.flip(-1)] if self.flip else [view])], 1)
 
     def collate(self, batch: list[tuple]) -> tuple:
         """Stacks views of equal shape; whole-image protocols keep a list per view of the images' differently
@@ -105,8 +118,9 @@ class EvalProtocol:
         return [[fn(v) for v in view] for view in x] if isinstance(x, list) else fn(x)
 
     def __repr__(self) -> str:
+        shift = f", translate={self.translate}" if self.translate else ""
         return (f"EvalProtocol(name={self.name!r}, resize={self.resize}, crop={self.crop}, scales={self.scales}, "
-                f"flip={self.flip}, square={self.square})")
+                f"flip={self.flip}, square={self.square}{shift})")
 
 
 # ---- the scores: model side ---------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
 IN_MEMORY_CROPS = ("none", "pad")  # per batch on the device, at the stored image size (CIFAR, MNIST)
 FOLDER_CROPS = ("resized", "shorter_side")  # per image in the loader, from images of any size (ImageNet)
 CROPS = IN_MEMORY_CROPS + FOLDER_CROPS
+PADDING_MODES = ("zeros", "reflect")  # in-memory pad-and-crop: He et al.'s zeros, airbench94's reflection
+FLIP_MODES = ("random", "alternate")  # per batch at random, or airbench94's alternating flips (the data module's)
 POLICIES = (None, "autoaugment", "randaugment", "trivialaugment")
 
 
@@ -80,15 +82,24 @@ class PCALighting:
         return x + rgb[:, :, None, None]
 
 
-def pad_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator | None) -> torch.Tensor:
-    """He et al. 2016 (4.2) on a whole uint8 batch: zero-pad `pad` pixels, a random crop back to H x W, a random
-    horizontal flip; one gather, no per-image work."""
+def reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices into an axis of `size` pixels as reflection padding maps them (-1 -> 1, size -> size - 2)."""
+    i = i.abs()
+    return torch.where(i >= size, 2 * (size - 1) - i, i)
+
+
+def pad_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator | None,
+                  reflect: bool = False) -> torch.Tensor:
+    """He et al. 2016 (4.2) on a whole uint8 batch: zero-pad `pad` pixels (reflect: mirror them, airbench94's
+    translate), a random crop back to H x W, a random horizontal flip; one gather, no per-image work."""
     n, c, h, w = x.shape
     if pad:
-        padded = F.pad(x, (pad,) * 4)
+        padded = x if reflect else F.pad(x, (pad,) * 4)
         dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), device=x.device, generator=generator)
         rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # N x 1 x H x 1
         cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # N x 1 x 1 x W
+        if reflect:  # the same draws, read from the unpadded batch through mirrored indices
+            rows, cols = reflect_index(rows - pad, h), reflect_index(cols - pad, w)
         batch = torch.arange(n, device=x.device)[:, None, None, None]
         x = padded[batch, torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
     if flip:
@@ -119,6 +130,8 @@ class Augment:
         cutmix: float = 0.0,
         min_size: int | None = None,
         ramp: tuple[int, int] = (0, 0),
+        padding_mode: str = "zeros",
+        flip_mode: str = "random",
     ) -> None:
         """
         Args:
@@ -137,6 +150,9 @@ class Augment:
                 are > 0 each batch uses one of them at random; 0 = off. Targets become soft.
             min_size, ramp: progressive resizing (ffcv-imagenet): crops of min_size up to epoch ramp[0], growing
                 linearly to `size` at epoch ramp[1], in steps of 32 pixels; None = always `size`.
+            padding_mode: in-memory crops: "zeros" (He et al. 2016) or "reflect" (airbench94's translate).
+            flip_mode: in-memory data: "random" (each image of each batch, p = 1/2) or "alternate" (airbench94:
+                each image mirrored on alternate epochs, at random on the first; the data module does it).
         """
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
@@ -155,7 +171,13 @@ class Augment:
         if min_size is not None and not (0 < min_size <= size and 0 <= ramp[0] <= ramp[1]):
             raise ValueError(f"progressive resizing needs 0 < min_size <= size and ramp[0] <= ramp[1]; got min_size="
                              f"{min_size}, size={size}, ramp={ramp}")
+        if padding_mode not in PADDING_MODES or flip_mode not in FLIP_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES} and flip_mode one of {FLIP_MODES}, got "
+                             f"padding_mode={padding_mode!r}, flip_mode={flip_mode!r}")
+        if flip_mode == "alternate" and crop not in IN_MEMORY_CROPS:
+            raise ValueError(f"flip_mode='alternate' flips stored images by epoch (in-memory data), got crop={crop!r}")
         self.crop, self.crop_padding, self.size, self.flip, self.policy = crop, crop_padding, size, flip, policy
+        self.padding_mode, self.flip_mode = padding_mode, flip_mode
         self.min_size, self.ramp = min_size, tuple(ramp)
         self.area, self.ratio, self.shorter_side = tuple(area), tuple(ratio), tuple(shorter_side)
         self.center_square, self.magnitude, self.num_ops = center_square, magnitude, num_ops
@@ -171,6 +193,11 @@ class Augment:
     def in_memory(self) -> bool:
         """Whether the crop works on stored images of one size (in-memory data) rather than on image files."""
         return self.crop in IN_MEMORY_CROPS
+
+    @property
+    def alternate_flips(self) -> bool:
+        """Whether the data module mirrors the stored images by epoch (airbench94) instead of per batch."""
+        return self.flip and self.flip_mode == "alternate"
 
     def size_at(self, epoch: int) -> int:
         """The crop side for this epoch (progressive resizing; `size` when off)."""
@@ -204,7 +231,8 @@ class Augment:
         with mixup/cutmix). `generator` makes in-memory data's crops, flips and lighting a function of the batch
         (resumable runs); the policies, erasing and mixup draw from torch's global generator."""
         if self.in_memory:
-            x = pad_crop_flip(x, self.crop_padding, self.flip, generator)
+            x = pad_crop_flip(x, self.crop_padding, self.flip and not self.alternate_flips, generator,
+                              self.padding_mode == "reflect")
         if self.policy_op is not None:
             x = torch.stack([self.policy_op(xi) for xi in x])
         x = x.float() / 255

@@ -37,16 +37,19 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         position: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        drop_last: bool = False,
+        epoch_images: Callable[[int], torch.Tensor] | None = None,
     ) -> None:
         self.x, self.y, self.batch_size, self.transform, self.shuffle = x, y, batch_size, transform, shuffle
         self.seed, self.rank, self.world_size, self.position = seed, rank, world_size, position
+        self.drop_last, self.epoch_images = drop_last, epoch_images  # epoch -> the images it reads (alternate flips)
         self._resume: dict[str, int] | None = None
         # Training ranks must take equal steps, so each drops the same tail; evaluation counts every image once.
         n = len(y) - len(y) % world_size if shuffle else len(y)
         self.per_rank = len(range(rank, n, world_size))
 
     def __len__(self) -> int:
-        return -(-self.per_rank // self.batch_size)
+        return self.per_rank // self.batch_size if self.drop_last else -(-self.per_rank // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, start = 0, 0
@@ -58,12 +61,13 @@ class TensorBatches:
         else:
             order = torch.arange(len(self.y))
         order = order[self.rank :: self.world_size][: self.per_rank].to(self.x.device)
+        x = self.x if self.epoch_images is None else self.epoch_images(epoch)
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             g = None
             if self.shuffle:
                 g = torch.Generator(self.x.device).manual_seed(hash((self.seed, epoch, b, self.rank)) % 2**63)
-            yield self.transform(self.x[idx], self.y[idx], g)
+            yield self.transform(x[idx], self.y[idx], g)
 
     def state_dict(self) -> dict[str, int]:
         """Where the next batch comes from; Lightning stores this in checkpoints and restores it on resume."""
@@ -121,6 +125,7 @@ class InMemoryDataModule(L.LightningDataModule):
         device_resident: bool = True,
         seed: int = 0,
         synthetic_size: tuple[int, int] = (1024, 256),
+        drop_last: bool = False,
     ) -> None:
         """
         Args:
@@ -138,6 +143,7 @@ class InMemoryDataModule(L.LightningDataModule):
                 mirror images); validation scores the stored images every epoch.
             device_resident: keep the dataset on the training device (GPU), so batches never wait on the host.
             synthetic_size: (train, test) image counts of the synthetic dataset.
+            drop_last: drop each epoch's last partial training batch (airbench94), so every step sees batch_size.
         """
         super().__init__()
         if dataset not in DATASETS:
@@ -227,8 +233,17 @@ class InMemoryDataModule(L.LightningDataModule):
         rank, world = (t.global_rank, t.world_size) if t else (0, 1)
         bs = self.hparams.batch_size if train else self.hparams.eval_batch_size
         transform = {"train": self._train_transform, "val": self._val_transform, "test": self._test_transform}[split]
+        flips = self._alternate_flips(s.x) if train and self.augment.alternate_flips else None
         return TensorBatches(s.x, s.y, bs, transform, shuffle=train, seed=self.hparams.seed, rank=rank,
-                             world_size=world, position=self._position if train else lambda: (0, 0))
+                             world_size=world, position=self._position if train else lambda: (0, 0),
+                             drop_last=train and self.hparams.get("drop_last", False), epoch_images=flips)
+
+    def _alternate_flips(self, x: torch.Tensor) -> Callable[[int], torch.Tensor]:
+        """airbench94's flips: a random half of the images (fixed by the seed) mirrored on even epochs, the other
+        half on odd ones, so each image is seen both ways in every two consecutive epochs."""
+        first = torch.rand(len(x), generator=torch.Generator().manual_seed(self.hparams.seed)) < 0.5
+        base = torch.where(first.to(x.device)[:, None, None, None], x.flip(-1), x)
+        return lambda epoch: base.flip(-1) if epoch % 2 else base
 
     def train_dataloader(self) -> TensorBatches:
         return self._loader("train", train=True)

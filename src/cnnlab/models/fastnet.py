@@ -66,8 +66,8 @@ class FastNet(nn.Module):
             raise ValueError(f"widths and extra_convs must have one entry per group, got {widths} and {extra_convs}")
         bn = {"momentum": bn_momentum, "eps": bn_eps}
         if stem == "whiten":
-            # Weights set from the first training batch (airbench: from 5000 training images; a data-dependent
-            # init like Glow's ActNorm), then frozen; the bias trains (airbench freezes it after 3 epochs).
+            # Weights set from the first training batch unless set before (cnnlab.lookahead.WhiteningInit: from
+            # 5000 stored training images, as airbench; a data-dependent init like Glow's ActNorm), then frozen.
             self.stem = nn.Sequential(nn.Conv2d(in_channels, 2 * in_channels * whiten_kernel**2, whiten_kernel),
                                       ACTIVATIONS[activation]())
             self.stem[0].weight.requires_grad_(False)
