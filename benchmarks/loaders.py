@@ -197,7 +197,7 @@ def main() -> None:
                   + (f", {max(v) / w:.1f} per worker" if w else " on 1 core"), flush=True)
     result = {"images": len(files), "mean_pixels": float(pixels), "upscale": a.upscale, "max_side": a.max_side,
               "rates": rates, "passes": passes, "workers": a.workers, "repeats": a.repeats,
-              "load_average": load, "cores_for_2500": {k: 2500 / v for k, v in rates.items() if v and " x" not in k}}  # plain paths
+              "load_average": load, "cores_for_2500": {k: 2500 / v for k, v in rates.items() if v and " x" not in k}}
     print(json.dumps(result, indent=1))
     if a.json:
         a.json.write_text(json.dumps(result, indent=1))
