@@ -222,3 +222,18 @@ def test_a_real_run_feeds_the_model_its_dtype_and_memory_format(tiny, tmp_path, 
                "callbacks.progress_bar.refresh_rate=0"], tmp_path / "run")
     assert {s for s, _, _ in seen} == {"train", "test"}  # max_steps=2 ends the epoch before validation
     assert all(dtype == torch.bfloat16 and cl for _, dtype, cl in seen), seen
+
+
+def test_gpu_decode_benchmark_runs_in_smoke_mode_on_the_cpu(tiny):
+    """benchmarks/gpu_decode.py's code paths (loader alone, train.py fed by it and on synthetic data) on a CPU, so the
+    GPU item cannot rot before a GPU shows up."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_decode
+
+    res = gpu_decode.measure(tiny, workers=(1,), batch=4, seconds=0.2, train_workers=1, smoke=True)
+    assert res["device"] == "cpu" and res["loader"][0]["img_s"] > 0 and res["loader"][0]["shape"] == [4, 3, 32, 32]
+    assert [r["case"] for r in res["train"]] == ["synthetic", "imagenette_gpu, 1 workers"]
+    assert all(r.get("img_s", 0) > 0 for r in res["train"]), res["train"]
+    assert res["fed_over_synthetic"] > 0
