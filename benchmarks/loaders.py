@@ -8,8 +8,8 @@
     device_read  data=imagenet_gpu's DataLoader alone (DeviceDecodeDataModule, --workers processes): workers read
                  the file bytes, parse the JPEG header and draw the crop box; nothing is decoded
     device       the same loader plus its device stage run on the CPU, in the main process as the training device
-                 would run it (on_after_batch_transfer: decode_jpeg on the batch, crop + resize + flip,
-                 normalize): the whole data=imagenet_gpu path with the CPU standing in for the GPU
+                 would run it (DeviceDecodeDataModule.decoded_views: decode_jpeg on the batch, crop + resize + flip)
+                 up to the uint8 batch the imagefolder path delivers: data=imagenet_gpu with the CPU as the device
     FFCV         the .beton written by `python -m cnnlab.data.write_ffcv`, decoded + cropped + flipped in FFCV's
                  compiled pipeline with 1 thread (the data=imagenet_ffcv loader's per-image work); needs the ffcv
                  extra (and OpenCV): skipped with a message where they are not installed
@@ -99,7 +99,7 @@ def imagefolder_path(root: Path, workers: int = 1, batch: int = 64):
 
 def device_path(root: Path, workers: int = 1, batch: int = 64, decode: bool = True):
     """DeviceDecodeDataModule's training loader over root/train as data=imagenet_gpu runs it; with decode, also its
-    device stage (decode_jpeg + crop + flip + normalize) with the CPU as the device."""
+    device stage up to uint8 crops (decode_jpeg + crop + resize + flip) with the CPU as the device."""
     from cnnlab.data.device_decode import DeviceDecodeDataModule
 
     data = DeviceDecodeDataModule(str(root), num_classes=len([d for d in (root / "train").iterdir() if d.is_dir()]),
@@ -111,7 +111,7 @@ def device_path(root: Path, workers: int = 1, batch: int = 64, decode: bool = Tr
         n = 0
         for batch in loader:
             if decode:
-                batch = data.on_after_batch_transfer(data.transfer_batch_to_device(batch, cpu, 0), 0)
+                batch = data.decoded_views(*data.transfer_batch_to_device(batch, cpu, 0))
             n += len(batch[1])
         return n
 
