@@ -23,9 +23,10 @@ from cnnlab.evaluation import EvalProtocol
 
 IMAGENETTE = DATASETS / "imagenette2-224"
 GREY = "train/n02102040/n02102040_1408.JPEG"  # one of Imagenette's 242 greyscale JPEGs (173 train, 69 val)
-# The CPU path against PIL, in levels of 255 (measured: decode bit-identical, both libjpeg-turbo; the crop's resize
-# differs only in the outermost output pixels, where PIL's box resize also reads source pixels outside the box)
-MEAN_TOL, INTERIOR_TOL = 0.1, 1
+# The CPU path against PIL, in levels of 255. Measured on 200 Imagenette JPEGs: decoding bit-identical (both
+# libjpeg-turbo); training crops mean |diff| 0.026-0.030, 99.5% of pixels within 1 level, the rest at the crop's
+# edges (up to 59), where PIL's box resize also reads source pixels just outside the box; eval views identical.
+MEAN_TOL, FAR_FRACTION = 0.1, 0.01  # mean |diff|; fraction of pixels more than 1 level apart
 
 
 @pytest.fixture
@@ -58,10 +59,10 @@ def device_and_pil(data: DeviceDecodeDataModule, files: list[Path], protocol: Ev
     return views, ref, x
 
 
-def errors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int, int]:
-    """(mean |a - b|, max over the interior (1-pixel rim left out), max) in levels of 255."""
+def errors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, int]:
+    """(mean |a - b|, fraction of pixels more than 1 level apart, max |a - b|) in levels of 255."""
     e = (a.int() - b.int()).abs()
-    return e.float().mean().item(), e[..., 1:-1, 1:-1].max().item(), e.max().item()
+    return e.float().mean().item(), (e > 1).float().mean().item(), e.max().item()
 
 
 @pytest.mark.parametrize("preset", ["inception", "resnet"])
@@ -75,8 +76,8 @@ def test_real_imagenette_crops_equal_the_pil_paths(preset):
     views, ref, batch = device_and_pil(data, picked)
     assert batch.reasons == {"greyscale": 1} and len(batch.lengths) == 11  # the greyscale one: the CPU decoder
     assert torch.equal(views[-1], ref[-1])  # ... which is the PIL path itself
-    mean, interior, _ = errors(views, torch.stack(ref))
-    assert mean < MEAN_TOL and interior <= INTERIOR_TOL, (mean, interior)
+    mean, far, _ = errors(views, torch.stack(ref))
+    assert mean < MEAN_TOL and far < FAR_FRACTION, (mean, far)
     assert views.dtype == torch.uint8 and views.shape == (12, 3, 224, 224)
 
 
@@ -121,8 +122,7 @@ def test_every_eval_protocols_views_equal_the_pil_paths(name):
              else [(views, ref)])
     for a, b in pairs:
         assert a.shape == b.shape
-        mean, interior, _ = errors(a, b)
-        assert mean < MEAN_TOL and interior <= INTERIOR_TOL, (name, mean, interior)
+        assert errors(a, b)[2] <= 1, name  # resizes of the whole image: no box edge
 
 
 @pytest.mark.parametrize("preset", config_names("augment"))
