@@ -169,7 +169,7 @@ def main() -> None:
                 dst.symlink_to(f.resolve())
         files = sorted(folder.iterdir())
         pixels = np.mean([np.prod(Image.open(f).size) for f in files[:200]])
-        runners, load = {}, [os.getloadavg()]
+        runners, workers, load = {}, {}, [os.getloadavg()]
         for name in a.paths:
             if name == "ffcv":
                 try:
@@ -184,20 +184,22 @@ def main() -> None:
                 runners[name] = ffcv_path(tmp / "train.beton")
             elif name in LOADERS:
                 batch = min(64, max(1, len(files) // 2))  # a pass drops its last partial batch
-                for w in a.workers:
-                    runners[f"{name} x{w}"] = LOADERS[name](tmp / "images", w, batch)
+                for w in a.workers:  # one count: the path's own name, as before several counts were measured
+                    workers[key := name if len(a.workers) == 1 else f"{name} x{w}"] = w
+                    runners[key] = LOADERS[name](tmp / "images", w, batch)
             else:
                 runners[name] = {"pil": pil_path, "decode_jpeg": decode_jpeg_path}[name]
         passes = timed_rounds(runners, files, a.repeats)
         load.append(os.getloadavg())
         rates = {k: max(v) for k, v in passes.items()}
         for k, v in passes.items():
-            w = int(k.split(" x")[1]) if " x" in k else None
+            w = workers.get(k)
             print(f"{k:15s} {max(v):8.1f} images/s (passes {min(v):.1f}-{max(v):.1f}, n={len(v)})"
                   + (f", {max(v) / w:.1f} per worker" if w else " on 1 core"), flush=True)
     result = {"images": len(files), "mean_pixels": float(pixels), "upscale": a.upscale, "max_side": a.max_side,
-              "rates": rates, "passes": passes, "workers": a.workers, "repeats": a.repeats,
-              "load_average": load, "cores_for_2500": {k: 2500 / v for k, v in rates.items() if v and " x" not in k}}
+              "rates": rates, "passes": passes, "workers": workers,
+              "per_worker": {k: rates[k] / w for k, w in workers.items()}, "repeats": a.repeats,
+              "load_average": load, "cores_for_2500": {k: 2500 / v for k, v in rates.items() if v and k not in workers}}
     print(json.dumps(result, indent=1))
     if a.json:
         a.json.write_text(json.dumps(result, indent=1))
