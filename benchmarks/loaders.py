@@ -1,20 +1,28 @@
-"""Loader throughput per CPU core: JPEG decode + RandomResizedCrop(224) + horizontal flip, one thread, four paths.
+"""Loader throughput per CPU core: JPEG decode + RandomResizedCrop(224) + horizontal flip, one thread, six paths.
 
     PIL          PIL decode (+ CMYK/grey -> RGB), the inception preset's crop box, one crop+resize, flip (the
                  data=imagenet workers' per-image work, cnnlab.data.Augment.image), in a plain loop
     imagefolder  the same work as delivered by the real loader: ImageFolderDataModule's DataLoader with --workers
                  worker processes (sampler, collate into uint8 batches of 64, inter-process transfer); per worker
     decode_jpeg  torchvision.io.decode_jpeg on the file bytes, the same box, TF.resized_crop (antialiased), flip
+    device_read  data=imagenet_gpu's DataLoader alone (DeviceDecodeDataModule, --workers processes): workers read
+                 the file bytes, parse the JPEG header and draw the crop box; nothing is decoded
+    device       the same loader plus its device stage run on the CPU, in the main process as the training device
+                 would run it (DeviceDecodeDataModule.decoded_views: decode_jpeg on the batch, crop + resize + flip)
+                 up to the uint8 batch the imagefolder path delivers: data=imagenet_gpu with the CPU as the device
     FFCV         the .beton written by `python -m cnnlab.data.write_ffcv`, decoded + cropped + flipped in FFCV's
                  compiled pipeline with 1 thread (the data=imagenet_ffcv loader's per-image work); needs the ffcv
                  extra (and OpenCV): skipped with a message where they are not installed
 
-Every path gets the same images and the same crop sampler; each pass is timed after a warm-up pass (numba
-compilation, page cache) and the best of --repeats passes counts. torch, OpenCV and FFCV use one thread, so the figure
-is per core. `--upscale 500x375` re-encodes the images at ImageNet's typical size first (JPEG quality 90);
-`--max-side` caps the .beton's images (ffcv-imagenet stores ImageNet at 400-512 px), 1024 keeps them as they are.
+Every path gets the same images and the same crop sampler; each is warmed up by one pass (numba compilation, page
+cache, worker start), then the paths take turns, one timed pass each per round (--repeats rounds), so a change in the
+machine's load hits all of them alike; the best pass counts, printed with the spread. torch, OpenCV and FFCV use one
+thread, so a plain path's figure is per core; the loader paths use a core per worker plus the main process.
+`--upscale 500x375` re-encodes the images at ImageNet's typical size first (JPEG quality 90); `--max-side` caps the
+.beton's images (ffcv-imagenet stores ImageNet at 400-512 px), 1024 keeps them as they are.
 
     python benchmarks/loaders.py --root ../shared/datasets/imagenette2-224 --images 2000 [--upscale 500x375]
+    python benchmarks/loaders.py --paths imagefolder device_read device --workers 1 2 --images 1000
 """
 
 import argparse
@@ -23,6 +31,7 @@ import json
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -88,14 +97,42 @@ def imagefolder_path(root: Path, workers: int = 1, batch: int = 64):
     return run
 
 
-def timed(fn, files, repeats: int) -> float:
-    fn(files)  # warm-up: compilation, page cache
-    best = 0.0
+def device_path(root: Path, workers: int = 1, batch: int = 64, decode: bool = True):
+    """DeviceDecodeDataModule's training loader over root/train as data=imagenet_gpu runs it; with decode, also its
+    device stage up to uint8 crops (decode_jpeg + crop + resize + flip) with the CPU as the device."""
+    from cnnlab.data.device_decode import DeviceDecodeDataModule
+
+    data = DeviceDecodeDataModule(str(root), num_classes=len([d for d in (root / "train").iterdir() if d.is_dir()]),
+                                  batch_size=batch, num_workers=workers, augment=PRESET, val_dir="train")
+    data.setup()
+    loader, cpu = data.train_dataloader(), torch.device("cpu")
+
+    def run(_files) -> int:
+        n = 0
+        for batch in loader:
+            if decode:
+                batch = data.decoded_views(*data.transfer_batch_to_device(batch, cpu, 0))
+            n += len(batch[1])
+        return n
+
+    return run
+
+
+LOADERS = {"imagefolder": imagefolder_path, "device_read": partial(device_path, decode=False), "device": device_path}
+
+
+def timed_rounds(runners: dict, files, repeats: int) -> dict[str, list[float]]:
+    """images/s of every pass: one warm-up pass each (compilation, page cache, worker start), then `repeats` rounds
+    in which the runners take turns."""
+    for fn in runners.values():
+        fn(files)
+    rates = {k: [] for k in runners}
     for _ in range(repeats):
-        t = time.perf_counter()
-        n = fn(files)
-        best = max(best, n / (time.perf_counter() - t))
-    return best
+        for k, fn in runners.items():
+            t = time.perf_counter()
+            n = fn(files)
+            rates[k].append(n / (time.perf_counter() - t))
+    return rates
 
 
 def main() -> None:
@@ -104,8 +141,9 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2000, help="images (spread over the classes of train/)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--upscale", default=None, help="WxH: re-encode the images at this size first (quality 90)")
-    p.add_argument("--paths", nargs="+", default=["pil", "imagefolder", "decode_jpeg", "ffcv"])
-    p.add_argument("--workers", type=int, default=1, help="the imagefolder path's DataLoader workers")
+    p.add_argument("--paths", nargs="+", default=["pil", "imagefolder", "decode_jpeg", "device_read", "device", "ffcv"])
+    p.add_argument("--workers", type=int, nargs="+", default=[1], help="DataLoader workers of the loader paths "
+                   "(imagefolder, device_read, device); each count is a path of its own")
     p.add_argument("--max-side", type=int, default=1024, help="the .beton's longer-side cap (ffcv-imagenet: 400-512)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
@@ -131,7 +169,7 @@ def main() -> None:
                 dst.symlink_to(f.resolve())
         files = sorted(folder.iterdir())
         pixels = np.mean([np.prod(Image.open(f).size) for f in files[:200]])
-        rates = {}
+        runners, workers, load = {}, {}, [os.getloadavg()]
         for name in a.paths:
             if name == "ffcv":
                 try:
@@ -143,17 +181,25 @@ def main() -> None:
                 from cnnlab.data.write_ffcv import write_beton
 
                 write_beton(tmp / "images" / "train", tmp / "train.beton", max_side=a.max_side, quality=90, workers=1)
-                rates[name] = timed(ffcv_path(tmp / "train.beton"), files, a.repeats)
-            elif name == "imagefolder":
+                runners[name] = ffcv_path(tmp / "train.beton")
+            elif name in LOADERS:
                 batch = min(64, max(1, len(files) // 2))  # a pass drops its last partial batch
-                rates[name] = timed(imagefolder_path(tmp / "images", a.workers, batch), files, a.repeats) / a.workers
+                for w in a.workers:  # one count: the path's own name, as before several counts were measured
+                    workers[key := name if len(a.workers) == 1 else f"{name} x{w}"] = w
+                    runners[key] = LOADERS[name](tmp / "images", w, batch)
             else:
-                rates[name] = timed({"pil": pil_path, "decode_jpeg": decode_jpeg_path}[name], files, a.repeats)
-            print(f"{name:12s} {rates[name]:8.1f} images/s on 1 core"
-                  + (f" (per worker, {a.workers} workers)" if name == "imagefolder" else ""), flush=True)
+                runners[name] = {"pil": pil_path, "decode_jpeg": decode_jpeg_path}[name]
+        passes = timed_rounds(runners, files, a.repeats)
+        load.append(os.getloadavg())
+        rates = {k: max(v) for k, v in passes.items()}
+        for k, v in passes.items():
+            w = workers.get(k)
+            print(f"{k:15s} {max(v):8.1f} images/s (passes {min(v):.1f}-{max(v):.1f}, n={len(v)})"
+                  + (f", {max(v) / w:.1f} per worker" if w else " on 1 core"), flush=True)
     result = {"images": len(files), "mean_pixels": float(pixels), "upscale": a.upscale, "max_side": a.max_side,
-              "rates": rates, "workers": a.workers,
-              "load_average": os.getloadavg(), "cores_for_2500": {k: 2500 / v for k, v in rates.items() if v}}
+              "rates": rates, "passes": passes, "workers": workers,
+              "per_worker": {k: rates[k] / w for k, w in workers.items()}, "repeats": a.repeats,
+              "load_average": load, "cores_for_2500": {k: 2500 / v for k, v in rates.items() if v and k not in workers}}
     print(json.dumps(result, indent=1))
     if a.json:
         a.json.write_text(json.dumps(result, indent=1))
