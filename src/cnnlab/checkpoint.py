@@ -33,8 +33,8 @@ TARGET_MODULES = ("cnnlab.models", "cnnlab.data", "cnnlab.evaluation", "cnnlab.m
 FUNCTION_MODULES = ("cnnlab.schedule", "cnnlab.loggers")
 # The groups the tools rebuild from a stored run config (cnnlab.cli) may only name classes of these modules: nothing
 # in them writes files or takes a path to write to.
-GROUP_MODULES = {"model": ("cnnlab.models",), "module": ("cnnlab.module",), "data": ("cnnlab.data", "cnnlab.evaluation"),
-                 "augment": ("cnnlab.data",), "eval": ("cnnlab.evaluation",)}
+GROUP_MODULES = {"model": ("cnnlab.models",), "module": ("cnnlab.module",), "augment": ("cnnlab.data",),
+                 "data": ("cnnlab.data", "cnnlab.evaluation"), "eval": ("cnnlab.evaluation",)}
 # Keys a stored config never holds: Hydra's composition (defaults), its own settings (hydra: run.dir, job_logging,
 # callbacks, env_set) and instantiate's positional arguments. Saved run configs are composed and resolved.
 FORBIDDEN_KEYS = ("defaults", "hydra", "_args_")

@@ -87,7 +87,7 @@ def build(tool: str | None, stored: dict | None, overrides: Sequence[str] = (), 
         composed = hydra_compose(_primary(tool), overrides=[o.input_line for o in picks])
     GlobalHydra.instance().clear()
     cfg = OmegaConf.create(stored or {})
-    for key, node in composed.items_ex(resolve=False):  # the tool's keys, and each group a conf file was picked for, replace
+    for key, node in composed.items_ex(resolve=False):  # the tool's keys, and each group picked on the command line
         cfg[key] = node
     if stored:
         cfg.setdefault("seed", 0)  # conf/data files interpolate ${seed}
