@@ -31,7 +31,7 @@ def train(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
     log.info("run directory: %s", run_dir)
-    with guards.recording_divergence(done):  # a non-finite loss: results.json says "diverged", exit 1
+    with guards.recording_divergence(done, cfg.data):  # a non-finite loss: results.json says "diverged", exit 1
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return guards.finish(trainer, done, trainer.test(module, datamodule=data))  # results.json, then the summary
 

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -113,11 +114,67 @@ def check_types(node: Any, key: str = "") -> None:
 def _positive(cfg: dict, key: str, strict: bool = True, allow: tuple = ()) -> None:
     group, _, name = key.partition(".")
     value = (cfg.get(group) or {}).get(name)
-    if value is None or value in allow or not isinstance(value, int | float):
+    if value is None or isinstance(value, bool) or value in allow or not isinstance(value, int | float):
         return
-    if value < 0 or (strict and value == 0) or math.isnan(value):
+    if value < 0 or (strict and value == 0) or not math.isfinite(value):
         more = f" (or one of {allow})" if allow else ""
-        raise ConfigError(f"{key}={value} must be {'> 0' if strict else '>= 0'}{more}")
+        raise ConfigError(f"{key}={value} must be a finite number {'> 0' if strict else '>= 0'}{more}")
+
+
+# What ClassifierModule logs (cnnlab.module: <stage>/loss, err1, err5 per epoch; train/step_loss per step), and the
+# prefixes of the LearningRateMonitor's and Throughput's keys: what a callback's `monitor` can name.
+LOGGED = {f"{stage}/{k}" for stage in ("train", "val", "test") for k in ("loss", "err1", "err5")} | {"train/step_loss"}
+LOGGED_PREFIXES = ("lr-", "perf/")
+
+
+def check_schedule(cfg: dict) -> None:
+    """The LR schedule's units and positions: a milestone or warmup outside the run would be accepted silently."""
+    from cnnlab.schedule import UNITS, WARMUP_MODES
+
+    sched, trainer = cfg.get("schedule") or {}, cfg.get("trainer") or {}
+    unit = sched.get("unit")
+    if "unit" in sched and unit not in UNITS:
+        raise ConfigError(f"schedule.unit={unit!r} must be one of {UNITS}")
+    if "warmup_mode" in sched and sched["warmup_mode"] not in WARMUP_MODES:
+        raise ConfigError(f"schedule.warmup_mode={sched['warmup_mode']!r} must be one of {WARMUP_MODES}")
+    _positive(cfg, "schedule.warmup", strict=False)
+    endless = trainer.get("max_epochs") in (-1,) and trainer.get("max_steps") in (-1, None)
+    if unit == "fraction" and endless:
+        raise ConfigError(f"schedule.unit=fraction needs a finite run, but trainer.max_epochs="
+                          f"{trainer.get('max_epochs')} and trainer.max_steps={trainer.get('max_steps')}: set one")
+    positions = {f"schedule.{k}": sched[k] for k in ("warmup", "peak") if isinstance(sched.get(k), int | float)}
+    milestones = sched.get("milestones")
+    if isinstance(milestones, list):
+        if any(not isinstance(m, int | float) or m < 0 for m in milestones):
+            raise ConfigError(f"schedule.milestones={milestones} must be numbers >= 0 (in schedule.unit={unit})")
+        positions.update({"schedule.milestones": max(milestones, default=0)})
+    for key, value in positions.items():
+        if unit == "fraction" and value > 1:
+            shown = milestones if key == "schedule.milestones" else value
+            raise ConfigError(f"{key}={shown} with schedule.unit=fraction: a fraction of the run is at most 1 "
+                              f"(never reached: the LR would never change there)")
+
+
+def check_monitors(cfg: dict) -> None:
+    """Each callback's `monitor` names a metric the module logs (else it fails after a whole epoch)."""
+    for name, node in (cfg.get("callbacks") or {}).items():
+        monitor = (node or {}).get("monitor") if isinstance(node, dict) else None
+        if monitor is not None and monitor not in LOGGED and not str(monitor).startswith(LOGGED_PREFIXES):
+            raise ConfigError(f"callbacks.{name}.monitor={monitor!r} is not a logged metric: one of "
+                              f"{sorted(LOGGED)} (or the lr-*, perf/* keys of lr_monitor and throughput)")
+
+
+def check_data(cfg: dict) -> None:
+    """Dataset sizes and an in-memory dataset's folder, before the data module sees them."""
+    data = cfg.get("data") or {}
+    sizes = data.get("synthetic_size") if data.get("dataset") == "synthetic" else None
+    if sizes is not None and (not isinstance(sizes, list) or len(sizes) != 2
+                              or any(not isinstance(n, int) or n < 1 for n in sizes)):
+        raise ConfigError(f"data.synthetic_size={sizes} must be two image counts > 0: [train, test]")
+    root, synthetic = data.get("root"), data.get("dataset") == "synthetic"
+    if root and not synthetic and not data.get("download") and not Path(root).expanduser().exists():
+        raise ConfigError(f"data.root={root} does not exist (and data.download=false): point data.root at the "
+                          f"dataset, or set data.download=true to fetch it there")
 
 
 def check_values(cfg: dict) -> None:
@@ -126,8 +183,13 @@ def check_values(cfg: dict) -> None:
     _positive(cfg, "data.eval_batch_size")
     _positive(cfg, "optim.lr")
     _positive(cfg, "optim.weight_decay", strict=False)
+    _positive(cfg, "optim.momentum", strict=False)
     _positive(cfg, "trainer.max_steps", allow=(-1,))  # 0 would "finish" untrained, writing status finished
     _positive(cfg, "trainer.max_epochs", allow=(-1,))
+    _positive(cfg, "trainer.limit_train_batches")  # 0 trains nothing (and fails only after the data loads)
+    check_schedule(cfg)
+    check_monitors(cfg)
+    check_data(cfg)
     data_classes = (cfg.get("data") or {}).get("num_classes")
     for key in ("model", "module"):
         n = (cfg.get(key) or {}).get("num_classes")
@@ -212,12 +274,28 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
 
 # ---- the start and the end of a run ----
 
+HYDRA_FILES = {".hydra", "train.log", ".lock"}  # what a run directory holds before its run starts
+
+
+def abandon(run_dir: Path) -> None:
+    """A run that failed to start leaves no directory behind: removed if it holds only what Hydra and the start
+    wrote (.hydra/, train.log, empty output folders); a directory with any other file (a run to resume) stays."""
+    files = [p.relative_to(run_dir).parts for p in run_dir.rglob("*") if not p.is_dir()] if run_dir.is_dir() else []
+    if run_dir.is_dir() and all(parts[0] in HYDRA_FILES for parts in files):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def start(cfg: DictConfig, run_dir: Path) -> str | None:
     """Everything before the first byte of data: checks, logging into train.log, orphan cleanup, config.yaml.
-    Returns the checkpoint fit() starts from."""
-    check_config(cfg)
-    check_environment(cfg, run_dir)
-    ckpt = resume_path(cfg, run_dir)
+    Returns the checkpoint fit() starts from. A failed check removes the run directory it created (abandon)."""
+    try:
+        check_config(cfg)
+        check_environment(cfg, run_dir)
+        ckpt = resume_path(cfg, run_dir)
+    except Exception:
+        if is_global_zero():
+            abandon(run_dir)
+        raise
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("lightning")]:
         lightning_log = logging.getLogger(name)  # Lightning's own lines (summary, restores) into train.log, once
         lightning_log.handlers, lightning_log.propagate = [], True
@@ -256,14 +334,21 @@ def finished_score(done: Path) -> float | None:
 
 
 @contextmanager
-def recording_divergence(done: Path) -> Iterator[None]:
-    """A diverged run exits non-zero and says so in results.json (its last checkpoint stays the last finite one)."""
+def recording_divergence(done: Path, data: Any = None) -> Iterator[None]:
+    """A diverged run exits non-zero and says so in results.json (its last checkpoint stays the last finite one).
+    A data.root that did not exist (data.download=true) and stays empty after a failure is removed again."""
+    root = Path(data["root"]).expanduser() if data and data.get("root") else None
+    new_root = root if root is not None and not root.exists() else None
     try:
         yield
     except Diverged as e:
         if is_global_zero():
             write_results(done, status="diverged", error=str(e), best_score=None, global_step=e.step, lr=e.lr)
         log.error("%s", e)
+        raise
+    except BaseException:
+        if new_root is not None and new_root.is_dir() and not any(new_root.rglob("*")):
+            shutil.rmtree(new_root, ignore_errors=True)  # a failed download leaves no empty folder behind
         raise
 
 
