@@ -324,11 +324,17 @@ def write_results(path: Path, **fields: Any) -> None:
     path.write_text(json.dumps(_finite(fields), indent=1, allow_nan=False))
 
 
+class NoTestData(RuntimeError):
+    """The test stage scored no image: every test file was unreadable (results.json: "status": "no_test_data")."""
+
+
 def finished_score(done: Path) -> float | None:
-    """A relaunched sweep or requeued job meets a finished run: its score, or its divergence again."""
+    """A relaunched sweep or requeued job meets a finished run: its score, or its divergence (or empty test) again."""
     results = json.loads(done.read_text())
     if results.get("status") == "diverged":
         raise Diverged(f"{done} records a diverged run: {results.get('error')}")
+    if results.get("status") == "no_test_data":
+        raise NoTestData(f"{done} records a run whose test stage scored nothing: {results.get('error')}")
     log.info("%s exists: this run has finished, skipping it (ckpt_path=last continues it)", done)
     return results["best_score"]
 
@@ -353,10 +359,20 @@ def recording_divergence(done: Path, data: Any = None) -> Iterator[None]:
 
 
 def finish(trainer: L.Trainer, done: Path, tested: list[dict]) -> float | None:
-    """results.json (written last: its presence marks a finished run), then where everything went, printed last."""
+    """results.json (written last: its presence marks a finished run), then where everything went, printed last.
+    A test stage that scored nothing although it was asked to (every test file unreadable) is no finished run:
+    results.json says "no_test_data" and NoTestData ends the program non-zero."""
     test = tested[0] if tested else {}  # limit_test_batches=0 skips the test stage
     best_cb = next((cb for cb in trainer.checkpoint_callbacks if cb.monitor), None)
     score = None if best_cb is None or best_cb.best_model_score is None else float(best_cb.best_model_score)
+    if not test and trainer.limit_test_batches != 0:
+        root = (getattr(trainer.datamodule, "hparams", None) or {}).get("root")
+        error = f"no readable test image in {root}: the test stage scored nothing"
+        if trainer.is_global_zero:
+            write_results(done, status="no_test_data", error=error, best_score=score, test={},
+                          epoch=trainer.current_epoch, global_step=trainer.global_step)
+        log.error("%s (run directory: %s)", error, done.parent)
+        raise NoTestData(error)
     if trainer.is_global_zero:
         write_results(done, status="finished", best_score=score, test=test, epoch=trainer.current_epoch,
                       global_step=trainer.global_step)
