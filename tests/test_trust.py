@@ -2,6 +2,8 @@
 while a run writes to it; a relaunch into a finished directory with another config fails naming the keys."""
 
 import json
+import logging
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from PIL import Image
 from test_imagenet import SYNSETS, write_tiny_imagenet
 
 from cnnlab import evaluate, predict, visualize
-from cnnlab.guards import NoTestData
+from cnnlab.guards import ConfigError, NoTestData, RunDirLocked
 
 TINY = [*conftest.TINY, "data.synthetic_size=[32,16]", "data.batch_size=16", "trainer.max_epochs=1"]
 
@@ -88,3 +90,55 @@ def test_a_run_whose_test_images_are_all_unreadable_does_not_finish(tmp_path, ca
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "no_test_data" and results["test"] == {}
     assert "no readable test image" in caplog.text and "skipped (limit_test_batches=0)" not in caplog.text
+
+
+def test_a_second_run_into_a_locked_directory_fails_naming_the_holder(tmp_path):
+    """Issue 20, item 6: a second `ckpt_path=last` resume of a run directory in use fails at once, naming the other
+    process's pid and host; once that process is dead (kill -9), its stale .lock blocks nothing."""
+    run_train([*TINY], tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, pathlib\nfrom cnnlab.guards import locked\n"
+                               "with locked(pathlib.Path(sys.argv[1])):\n    print('locked', flush=True)\n"
+                               "    sys.stdin.read()\n", str(tmp_path / "run")],
+                              env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(RunDirLocked, match=rf"{tmp_path}/run is in use by another run \(pid {holder.pid} on "
+                                               rf"host {socket.gethostname()}\)"):
+            run_train([*TINY, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path / "run")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / "run" / ".lock").read_text().startswith(f"pid {holder.pid} ")  # stale, and harmless:
+    run_train([*TINY, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["epoch"] == 2
+
+
+def test_a_relaunch_into_a_finished_run_skips_only_the_same_config(tmp_path, caplog):
+    """Issue 25: the same config skips (requeues, relaunched sweeps); another fails naming the keys and directory."""
+    score = run_train(TINY, tmp_path / "run")
+    before = (tmp_path / "run" / "results.json").read_text()
+    with caplog.at_level(logging.INFO):
+        assert run_train(TINY, tmp_path / "run") == score and "has finished, skipping it" in caplog.text
+    with pytest.raises(ConfigError, match=rf"{tmp_path}/run holds a finished run of another config \(2 keys differ: "
+                                          r"data.seed: 0 -> 5; seed: 0 -> 5\)"):
+        run_train([*TINY, "seed=5"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"optim.lr: 0.1 -> 0.05"):
+        run_train([*TINY, "optim.lr=0.05"], tmp_path / "run")
+    assert (tmp_path / "run" / "results.json").read_text() == before  # untouched
+
+
+@pytest.mark.slow  # two `python train.py -m` sweeps of 2 tiny jobs: ~1 min on a shared CPU
+def test_a_sweep_relaunched_with_other_seeds_into_a_finished_sweep_fails_naming_seed(tmp_path):
+    sweep = ["-m", *TINY, f"hydra.sweep.dir={tmp_path}/sweep"]
+    first = subprocess.run([sys.executable, str(ROOT / "train.py"), *sweep, "seed=0,1"], cwd=tmp_path, env=ENV,
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run([sys.executable, str(ROOT / "train.py"), *sweep, "seed=0,1"], cwd=tmp_path, env=ENV,
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "skipping it" in again.stdout + again.stderr  # the same sweep: skipped
+    other = subprocess.run([sys.executable, str(ROOT / "train.py"), *sweep, "seed=5,6"], cwd=tmp_path, env=ENV,
+                           capture_output=True, text=True)
+    assert other.returncode != 0
+    assert f"{tmp_path}/sweep/0 holds a finished run of another config" in other.stderr
+    assert "seed: 0 -> 5" in other.stderr
+    assert json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())["status"] == "finished"

@@ -4,12 +4,14 @@ run directories that never collide, strict results.json, and the summary a finis
 Every failure names the config key and its value, so the message alone says what to change on the command line.
 """
 
+import fcntl
 import inspect
 import json
 import logging
 import math
 import os
 import shutil
+import socket
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -272,6 +274,68 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
+# ---- one run per directory ----
+
+class RunDirLocked(RuntimeError):
+    """Another live process is running in this run directory."""
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock on <run_dir>/.lock (fcntl.flock) while a run writes to the directory; the file names the
+    holder (pid and host). A second run into the directory fails at once, naming the holder. The kernel drops the
+    lock when its process dies (kill -9, node reboot), so a stale .lock file never blocks. Rank 0 only: the other
+    ranks of a distributed run share the directory with it."""
+    if not is_global_zero():
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open for the whole run
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunDirLocked(f"the run directory {run_dir} is in use by another run ({holder}): wait for it to "
+                               f"end, or use another hydra.run.dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
+# ---- a relaunch into a finished run ----
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, val in node.items() for k, v in _flat(val, f"{prefix}{key}.").items()} or {
+            prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def check_relaunch(cfg: DictConfig, run_dir: Path) -> None:
+    """A finished run directory is skipped only by the same config (a requeued job, a relaunched sweep): the config
+    the earlier run saved (<run_dir>/config.yaml, written at its start; Hydra rewrites .hydra/ before each launch)
+    must equal this one, else ConfigError names the differing keys and the directory."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        log.warning("%s has no config.yaml (a run from before it was saved): skipping it unchecked", run_dir)
+        return
+    old = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    diffs = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in sorted({*old, *new})
+             if old.get(k, "<absent>") != new.get(k, "<absent>")]
+    if diffs:
+        raise ConfigError(f"{run_dir} holds a finished run of another config ({len(diffs)} keys differ: "
+                          + "; ".join(diffs[:10]) + (" ..." if len(diffs) > 10 else "")
+                          + "): use another hydra.run.dir (hydra.sweep.dir for a sweep), or relaunch with the "
+                            "same config to skip it")
+
+
 # ---- the start and the end of a run ----
 
 HYDRA_FILES = {".hydra", "train.log", ".lock"}  # what a run directory holds before its run starts
@@ -328,8 +392,11 @@ class NoTestData(RuntimeError):
     """The test stage scored no image: every test file was unreadable (results.json: "status": "no_test_data")."""
 
 
-def finished_score(done: Path) -> float | None:
-    """A relaunched sweep or requeued job meets a finished run: its score, or its divergence (or empty test) again."""
+def finished_score(done: Path, cfg: DictConfig | None = None) -> float | None:
+    """A relaunched sweep or requeued job meets a finished run: its score, or its divergence (or empty test) again;
+    with cfg, only if the run's saved config equals cfg (check_relaunch)."""
+    if cfg is not None:
+        check_relaunch(cfg, done.parent)
     results = json.loads(done.read_text())
     if results.get("status") == "diverged":
         raise Diverged(f"{done} records a diverged run: {results.get('error')}")
