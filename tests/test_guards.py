@@ -16,6 +16,7 @@ from conftest import ENV, ROOT, TINY, compose_run, run_train
 from hydra.errors import MissingConfigException
 
 from cnnlab.callbacks import Diverged
+from cnnlab.data.images import DatasetNotFoundError
 from cnnlab.guards import ConfigError, resume_path
 
 
@@ -60,7 +61,7 @@ def test_bad_values_fail_before_the_run_starts_naming_key_and_value(override, me
 
 
 def test_a_missing_dataset_folder_is_named_and_not_created(tmp_path):
-    with pytest.raises(ConfigError, match=f"data.root={tmp_path}/cifar does not exist \\(and data.download=false\\)"):
+    with pytest.raises(DatasetNotFoundError, match=f"data.root={tmp_path}/cifar does not exist .and data.download"):
         run_train(["data=cifar10", f"data.root={tmp_path}/cifar", "data.download=false", "trainer.accelerator=cpu"],
                   tmp_path / "run")
     assert not (tmp_path / "cifar").exists() and not (tmp_path / "run").exists()

@@ -167,16 +167,12 @@ def check_monitors(cfg: dict) -> None:
 
 
 def check_data(cfg: dict) -> None:
-    """Dataset sizes and an in-memory dataset's folder, before the data module sees them."""
+    """Dataset sizes, before the data module sees them."""
     data = cfg.get("data") or {}
     sizes = data.get("synthetic_size") if data.get("dataset") == "synthetic" else None
     if sizes is not None and (not isinstance(sizes, list) or len(sizes) != 2
                               or any(not isinstance(n, int) or n < 1 for n in sizes)):
         raise ConfigError(f"data.synthetic_size={sizes} must be two image counts > 0: [train, test]")
-    root, synthetic = data.get("root"), data.get("dataset") == "synthetic"
-    if root and not synthetic and not data.get("download") and not Path(root).expanduser().exists():
-        raise ConfigError(f"data.root={root} does not exist (and data.download=false): point data.root at the "
-                          f"dataset, or set data.download=true to fetch it there")
 
 
 def check_values(cfg: dict) -> None:
@@ -221,8 +217,8 @@ def _writable(key: str, path: str | Path) -> None:
 
 
 def check_environment(cfg: DictConfig, run_dir: Path) -> None:
-    """Output and cache directories are writable; the precision runs on the device (Lightning would switch
-    16-mixed to bf16-mixed on a CPU with one warning)."""
+    """The dataset folder exists (unless it is to be downloaded); output and cache directories are writable; the
+    precision runs on the device (Lightning would switch 16-mixed to bf16-mixed on a CPU with one warning)."""
     _writable("hydra.run.dir", run_dir)
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
@@ -230,6 +226,12 @@ def check_environment(cfg: DictConfig, run_dir: Path) -> None:
                 if node and node.get(key) and "://" not in str(node[key]):
                     _writable(f"{group}.{name}.{key}", node[key])
     data = cfg.get("data") or {}
+    root, synthetic = data.get("root"), data.get("dataset") == "synthetic"
+    if root and not synthetic and not data.get("download") and not Path(root).expanduser().exists():
+        from cnnlab.data.images import DatasetNotFoundError
+
+        raise DatasetNotFoundError(f"data.root={root} does not exist (and data.download=false): point data.root at "
+                                   f"the dataset, or set data.download=true to fetch it there")  # nothing created
     if data.get("cache_dir") and data.get("root"):  # only image folders are decoded into the cache
         _writable("data.cache_dir", data.cache_dir)
     trainer = cfg.get("trainer") or {}
