@@ -17,8 +17,13 @@ log = logging.getLogger("train")
 def train(cfg: DictConfig) -> float | None:
     """Fit, then test the final weights; returns the best value of the checkpoint's monitored metric."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with guards.locked(run_dir):  # a second run into this directory fails at once, naming this one
+        return run(cfg, run_dir)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> float | None:
     if (done := run_dir / "results.json").exists() and cfg.ckpt_path is None:  # a relaunched sweep or requeued job
-        return guards.finished_score(done)
+        return guards.finished_score(done, cfg)  # the same config skips; another fails, naming the keys
     ckpt_path = guards.start(cfg, run_dir)  # config and machine checks, before any data is decoded
     L.seed_everything(cfg.seed, workers=True)
 
@@ -31,7 +36,7 @@ def train(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
     log.info("run directory: %s", run_dir)
-    with guards.recording_divergence(done):  # a non-finite loss: results.json says "diverged", exit 1
+    with guards.recording_divergence(done, cfg.data):  # a non-finite loss: results.json says "diverged", exit 1
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return guards.finish(trainer, done, trainer.test(module, datamodule=data, ckpt_path=cfg.get("test_ckpt")))
 

@@ -5,6 +5,7 @@ file is reported as such, naming it. Plus the one command-line grammar of the to
 
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from conftest import CONF, run_train
 
 from cnnlab import evaluate, export, predict, visualize
 from cnnlab.checkpoint import check_targets, load_checkpoint
+from cnnlab.cli import compose
 
 QUICK = ["data=synthetic", "data.synthetic_size=[32,16]", "data.batch_size=16", "trainer.max_epochs=1",
          "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0"]
@@ -152,11 +154,9 @@ def test_truncated_or_random_files_are_named_as_unreadable(tool, ckpt, tmp_path)
 
 def test_tools_speak_hydras_grammar_and_write_nothing_to_cwd(ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):  # a misspelt key fails as in train.py, naming it
+    with pytest.raises(SystemExit, match="Could not override 'data.eval_batchsize'"):  # as in train.py, naming it
         evaluate.main([f"ckpt={ckpt}", "data.eval_batchsize=8"])
-    assert "Could not override 'data.eval_batchsize'" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="0"):
-        predict.main([f"ckpt={ckpt}", "--help"])
+    predict.main([f"ckpt={ckpt}", "--help"])
     out = capsys.readouterr().out
     assert "topk: 5" in out and "data: checkpoint, cifar10" in out and "_target_: cnnlab.models.ResNet" in out
     r = evaluate.evaluate(ckpt, "none", ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
@@ -164,3 +164,94 @@ def test_tools_speak_hydras_grammar_and_write_nothing_to_cwd(ckpt, tmp_path, mon
     assert r["n_images"] == 16
     visualize.main([f"ckpt={ckpt}", "what=filters", f"out={tmp_path}/out/f.png"])
     assert os.listdir(tmp_path) == ["out"]  # no outputs/, .hydra/ or log file
+
+
+def hydra_payloads(tmp_path: Path) -> dict[str, tuple[dict, str]]:
+    """name -> (run_config changes, the key the error must name): each steers Hydra or logging if it is composed.
+    The stored data node lifts the stored eval node to the top level (`defaults`), where its `hydra` section would
+    run a logging factory, open a log file, pick the run directory, set environment variables or add callbacks."""
+    lift = {"data": {"defaults": [{"/eval@_global_": "checkpoint"}, "_self_"]}}
+    factory = {"version": 1, "formatters": {"f": {"()": "numpy.savetxt", "fname": str(tmp_path / "pwned.txt"),
+                                                  "X": [1.0]}}}
+    handler = {"version": 1, "handlers": {"h": {"class": "logging.FileHandler",
+                                                "filename": str(tmp_path / "pwned.log")}},
+               "root": {"handlers": ["h"]}}
+    hydra = {"logging_factory": {"job_logging": factory},
+             "file_handler": {"job_logging": handler, "hydra_logging": handler},
+             "run_dir": {"run": {"dir": str(tmp_path / "pwned_dir")}, "output_subdir": "pwned_hydra"},
+             "env_set": {"job": {"env_set": {"CNNLAB_PWNED": "1"}}},
+             "callbacks": {"callbacks": {"c": {"_target_": "hydra.experimental.callbacks.PickleJobInfoCallback",
+                                               "output_dir": str(tmp_path / "pwned_cb")}}}}
+    payloads = {name: ({**lift, "eval": {"name": "none", "hydra": node}}, r"run_config\.(eval\.hydra|data\.defaults)")
+                for name, node in hydra.items()}
+    payloads["top_level_hydra"] = ({"hydra": hydra["run_dir"]}, r"run_config\.hydra")
+    payloads["args"] = ({"model": {"_args_": [str(tmp_path / "pwned")]}}, r"run_config\.model\._args_")
+    return payloads
+
+
+def craft(ckpt: Path, out: Path, changes: dict) -> Path:
+    """The real checkpoint with its stored run config's nodes updated by `changes` (one level deep)."""
+    state = torch.load(ckpt, weights_only=True)
+    config = state["hyper_parameters"]["run_config"]
+    for key, node in changes.items():
+        config[key] = {**config[key], **node} if isinstance(config.get(key), dict) else node
+    torch.save(state, out)
+    return out
+
+
+ENTRY_POINTS = [*TOOLS, "compose"]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_a_stored_config_never_reaches_hydra_or_logging(entry, ckpt, tmp_path, monkeypatch):
+    """Issue 20, item 1: for each entry point and each payload nothing runs, nothing is written, no variable is
+    set, and the message names the key."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CNNLAB_PWNED", raising=False)
+    for name, (changes, key) in hydra_payloads(tmp_path).items():
+        bad = craft(ckpt, tmp_path / f"{name}.ckpt", changes)
+        if entry == "compose":
+            with pytest.raises(ValueError, match=key):
+                compose(bad, ["eval=center"])
+        else:
+            main, args = TOOLS[entry]
+            with pytest.raises(SystemExit) as exit_:
+                main([f"ckpt={bad}", *args, "eval=none"])
+            assert re.search(key, str(exit_.value.code)) and str(bad) in str(exit_.value.code), (name, exit_.value)
+        assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(p.name for p in tmp_path.glob("*.ckpt")), name
+        assert "CNNLAB_PWNED" not in os.environ
+        bad.unlink()
+    assert not list(tmp_path.iterdir())
+
+
+def test_tools_read_only_plain_values_and_local_write_settings(ckpt, tmp_path, monkeypatch):
+    """What the tools take from a stored run config: values, never where this machine writes."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    bad = craft(ckpt, tmp_path / "c.ckpt", {"data": {"cache_dir": "/etc/cnnlab", "download": True},
+                                            "trainer": {"default_root_dir": "/etc"}})
+    cfg, _ = compose(bad, ["data.batch_size=8"], tool="evaluate")
+    assert cfg.data.cache_dir == str(tmp_path / "cache") and cfg.data.download is False
+    assert cfg.data.batch_size == 8 and "default_root_dir" not in cfg.trainer  # the tool's trainer keys, not the run's
+    assert compose(bad, ["data.download=true"])[0].data.download is True  # the command line may set it
+    for node, says in [({"model": {"depths": "${oc.env:HOME}"}}, r"run_config.model.depths='\$\{oc.env:HOME\}'"),
+                       ({"model": {"depths": {1: 2}}}, r"run_config.model.depths: key 1 is a int"),
+                       ({"seed": [b"x"]}, r"run_config.seed\[0\] is a bytes")]:
+        with pytest.raises(ValueError, match=says):
+            compose(craft(ckpt, tmp_path / "c.ckpt", node))
+
+
+@pytest.mark.parametrize("target", ["lightning.pytorch.loggers.csv_logs.ExperimentWriter",
+                                    "lightning.pytorch.profilers.SimpleProfiler", "cnnlab.data.Augment"])
+def test_a_stored_model_config_names_model_classes_only(target, ckpt, tmp_path):
+    """Issue 20, item 3: an allowed class that takes a path (a logger's writer, a profiler) nested in a stored model
+    config is refused by every reader, transfer.weights= included; nothing is created."""
+    node = {"model": {"stem": {"_target_": target, "log_dir": str(tmp_path / "pwned")}}}
+    bad = craft(ckpt, tmp_path / "c.ckpt", node)
+    says = rf"run_config.model.stem._target_='{target}' is not allowed in a stored model config"
+    with pytest.raises(ValueError, match=says):
+        load_checkpoint(bad)
+    with pytest.raises(ValueError, match=says):
+        predict.load(bad)
+    with pytest.raises(ValueError, match=says):
+        run_train([*QUICK, f"transfer.weights={bad}"], tmp_path / "run")
+    assert not (tmp_path / "pwned").exists()

@@ -16,6 +16,7 @@ from conftest import ENV, ROOT, TINY, compose_run, run_train
 from hydra.errors import MissingConfigException
 
 from cnnlab.callbacks import Diverged
+from cnnlab.data.images import DatasetNotFoundError
 from cnnlab.guards import ConfigError, resume_path
 
 
@@ -26,10 +27,24 @@ def test_unknown_experiment_or_search_fails_listing_the_options(group, option, t
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("data.batch_size=0", "data.batch_size=0 must be > 0"),
-    ("optim.lr=-0.1", "optim.lr=-0.1 must be > 0"),
-    ("trainer.max_steps=0", "trainer.max_steps=0 must be > 0"),
-    ("trainer.max_epochs=0", "trainer.max_epochs=0 must be > 0"),
+    ("data.batch_size=0", "data.batch_size=0 must be a finite number > 0"),
+    ("optim.lr=-0.1", "optim.lr=-0.1 must be a finite number > 0"),
+    ("trainer.max_steps=0", "trainer.max_steps=0 must be a finite number > 0"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 must be a finite number > 0"),
+    # issue 20, item 5: each of these failed only after the data loaded, or was accepted silently
+    ("trainer.limit_train_batches=0", "trainer.limit_train_batches=0 must be a finite number > 0"),
+    ("optim.momentum=-1", "optim.momentum=-1 must be a finite number >= 0"),
+    ("schedule.unit=epochs", r"schedule.unit='epochs' must be one of \('step', 'epoch', 'fraction'\)"),
+    ("trainer.max_epochs=-1 trainer.max_steps=-1", "schedule.unit=fraction needs a finite run, but "
+     "trainer.max_epochs=-1 and trainer.max_steps=-1"),
+    ("optim.lr=inf", "optim.lr=inf must be a finite number > 0"),
+    ("optim.lr=nan", "optim.lr=nan must be a finite number > 0"),
+    ("schedule.milestones=[1.5]", r"schedule.milestones=\[1.5\] with schedule.unit=fraction: .* at most 1"),
+    ("schedule.milestones=[-2]", r"schedule.milestones=\[-2\] must be numbers >= 0"),
+    ("schedule.warmup=-5", "schedule.warmup=-5 must be a finite number >= 0"),
+    ("schedule=triangular schedule.peak=2", "schedule.peak=2 with schedule.unit=fraction"),
+    ("callbacks.best.monitor=val/typo", "callbacks.best.monitor='val/typo' is not a logged metric: one of .*val/err1"),
+    ("data.synthetic_size=[0,0]", r"data.synthetic_size=\[0, 0\] must be two image counts > 0"),
     ("model.num_classes=5", "model.num_classes=5 but data.num_classes=10"),
     ("optim.lr=abc", "optim.lr='abc' is not a valid value: torch.optim.SGD takes lr: float"),
     ("data.batch_size=32.5", "data.batch_size=32.5 is not a valid value: .* takes batch_size: int"),
@@ -41,8 +56,28 @@ def test_bad_values_fail_before_the_run_starts_naming_key_and_value(override, me
     if override.startswith("trainer.precision=16") and torch.cuda.is_available():
         pytest.skip("16-mixed runs here")
     with pytest.raises(ConfigError, match=message):
-        run_train([*tiny, override], tmp_path)
-    assert not (tmp_path / "config.yaml").exists()  # stopped before the run wrote anything
+        run_train([*tiny, *override.split()], tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # stopped before the run wrote anything; its directory removed
+
+
+def test_a_missing_dataset_folder_is_named_and_not_created(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=f"data.root={tmp_path}/cifar does not exist .and data.download"):
+        run_train(["data=cifar10", f"data.root={tmp_path}/cifar", "data.download=false", "trainer.accelerator=cpu"],
+                  tmp_path / "run")
+    assert not (tmp_path / "cifar").exists() and not (tmp_path / "run").exists()
+    with pytest.raises(Exception, match="could not download cifar10"):  # no internet here (nor in CI): it fails ...
+        run_train(["data=cifar10", f"data.root={tmp_path}/cifar", "data.download=true", "trainer.accelerator=cpu"],
+                  tmp_path / "run")
+    assert not (tmp_path / "cifar").exists()  # ... and leaves no empty dataset folder behind
+
+
+def test_a_failed_start_leaves_no_run_directory(tmp_path):
+    """Under @hydra.main the run directory gets .hydra/ and train.log before train() runs: a start that fails
+    removes it (a second start into a directory with a run in it keeps that directory)."""
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "optim.lr=inf",
+                          f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert out.returncode != 0 and "optim.lr=inf must be a finite number > 0" in out.stderr
+    assert not (tmp_path / "run").exists() and sorted(os.listdir(tmp_path)) == []
 
 
 def test_unwritable_cache_or_checkpoint_directory_fails_before_decoding(cifar10_slice, tiny, tmp_path):

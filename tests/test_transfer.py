@@ -91,6 +91,30 @@ def test_torchvision_weights_load_from_the_local_hub_cache(tmp_path, monkeypatch
     assert all(torch.equal(reference[k], after[k]) for k in reference if not k.startswith("fc."))
 
 
+class Planted:
+    """What a planted hub file would run if it were unpickled: it creates a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_a_planted_torchvision_hub_file_is_read_weights_only(tmp_path, monkeypatch):
+    """Issue 20, item 2: the docs tell offline users to copy torchvision's file in by hand; a file that names code is
+    refused, naming it, and nothing of it runs."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    name = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    (tmp_path / "torch/hub/checkpoints").mkdir(parents=True)
+    torch.save({"conv1.weight": torch.zeros(1), "x": Planted(tmp_path / "pwned")}, tmp_path / "torch/hub/checkpoints" /
+               name)
+    with pytest.raises(ValueError, match=rf"transfer.weights=ResNet18_Weights.IMAGENET1K_V1: the torch hub file="
+                                         rf".*/{name} holds Python objects .*\(it names io.open\)"):
+        run_train([*TINY, "model=resnet18", "transfer.weights=ResNet18_Weights.IMAGENET1K_V1"], tmp_path / "run")
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_densenet_files_with_torchvisions_old_key_names_load(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     reference = torchvision.models.densenet121().state_dict()

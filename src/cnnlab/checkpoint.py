@@ -3,7 +3,10 @@
 A checkpoint is data, never code: every file is read with `torch.load(weights_only=True)` (tensors and plain
 containers only), and the run config stored inside one is rebuilt only if each of its `_target_`s is one of cnnlab's
 own classes or the torch/Lightning classes its configs use (TARGET_MODULES), so a shared file cannot make
-`hydra.utils.instantiate` call `builtins.open`, `os.system` or `numpy.load(allow_pickle=True)`.
+`hydra.utils.instantiate` call `builtins.open`, `os.system` or `numpy.load(allow_pickle=True)`. The groups the tools
+rebuild are narrower still (GROUP_MODULES): a stored model config names cnnlab.models classes only, never a Lightning
+logger or profiler that takes a path. A stored config holds plain values only: no `defaults`, `hydra` or `_args_` key
+(Hydra's composition, logging and launcher settings, positional arguments), no interpolation.
 """
 
 import inspect
@@ -28,6 +31,13 @@ TARGET_MODULES = ("cnnlab.models", "cnnlab.data", "cnnlab.evaluation", "cnnlab.m
                   "lightning.pytorch.profilers", "lightning.fabric.plugins", "lightning.fabric.accelerators")
 # Plain functions are targets only here: the LR schedules (`_partial_`) and the W&B logger factory.
 FUNCTION_MODULES = ("cnnlab.schedule", "cnnlab.loggers")
+# The groups the tools rebuild from a stored run config (cnnlab.cli) may only name classes of these modules: nothing
+# in them writes files or takes a path to write to.
+GROUP_MODULES = {"model": ("cnnlab.models",), "module": ("cnnlab.module",), "augment": ("cnnlab.data",),
+                 "data": ("cnnlab.data", "cnnlab.evaluation"), "eval": ("cnnlab.evaluation",)}
+# Keys a stored config never holds: Hydra's composition (defaults), its own settings (hydra: run.dir, job_logging,
+# callbacks, env_set) and instantiate's positional arguments. Saved run configs are composed and resolved.
+FORBIDDEN_KEYS = ("defaults", "hydra", "_args_")
 # Your own packages, trusted like cnnlab (their classes and functions): CNNLAB_TRUSTED_TARGETS=mylab,otherlab.callbacks
 TRUSTED_ENV = "CNNLAB_TRUSTED_TARGETS"
 
@@ -140,8 +150,52 @@ def load_checkpoint(path: str | Path, key: str = "ckpt", map_location: Any = "cp
     hparams = obj.get("hyper_parameters")
     run_config = hparams.get("run_config") if isinstance(hparams, Mapping) else None
     if run_config is not None:
-        check_targets(run_config, f"{key}={path}: run_config")
+        check_run_config(run_config, f"{key}={path}: run_config")
     return dict(obj)
+
+
+def check_run_config(run_config: Any, where: str = "run_config") -> None:
+    """A stored run config is plain data: a mapping of plain values (str, int, float, bool, None, lists and mappings
+    with string keys), no FORBIDDEN_KEYS at any depth, every `_target_` allowed (check_targets) and, in the groups the
+    tools rebuild, a class of that group's own modules (GROUP_MODULES). Raises ValueError naming the key."""
+    if not isinstance(run_config, Mapping):
+        raise ValueError(f"{where} is a {type(run_config).__name__}, not a mapping of config groups")
+    _check_plain(run_config, where)
+    check_targets(run_config, where)
+    trusted = _trusted()
+    for group, modules in GROUP_MODULES.items():
+        for key, target in _targets(run_config.get(group), f"{where}.{group}"):
+            obj = _locate_allowed(target, key)
+            module = getattr(obj, "__module__", "") or ""
+            if not (inspect.isclass(obj) and (_inside(module, modules) or _inside(module, trusted))):
+                raise ValueError(f"{key}={target!r} is not allowed in a stored {group} config: it may only name "
+                                 f"classes of {', '.join(modules)} (or packages listed in ${TRUSTED_ENV})")
+
+
+def _check_plain(node: Any, where: str) -> None:
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{where}: key {k!r} is a {type(k).__name__}; a stored config has string keys only")
+            if k in FORBIDDEN_KEYS:
+                raise ValueError(f"{where}.{k}: a stored run config never holds `{k}` (it would steer Hydra's "
+                                 f"composition, logging or output directories); the file was crafted or altered")
+            _check_plain(v, f"{where}.{k}")
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            _check_plain(v, f"{where}[{i}]")
+    elif not (node is None or isinstance(node, str | int | float | bool)):
+        raise ValueError(f"{where} is a {type(node).__name__}; a stored config holds plain values only")
+
+
+def _targets(node: Any, where: str) -> list[tuple[str, Any]]:
+    """(key, value) of every `_target_` under node."""
+    if isinstance(node, Mapping):
+        return [(f"{where}.{k}", v) if k == "_target_" else t for k, v in node.items()
+                for t in ([None] if k == "_target_" else _targets(v, f"{where}.{k}"))]
+    if isinstance(node, list | tuple):
+        return [t for i, v in enumerate(node) for t in _targets(v, f"{where}[{i}]")]
+    return []
 
 
 def _first_line(err: BaseException) -> str:
@@ -167,24 +221,33 @@ def check_targets(cfg: Any, where: str = "config") -> None:
 
 
 def _check_target(target: Any, key: str) -> None:
-    from hydra._internal.utils import _locate  # Hydra's own resolution of `_target_`, as instantiate does it
-
     allowed = (f"cnnlab's own classes and the torch.optim / Lightning classes its configs use (TARGET_MODULES), or "
                f"packages listed in ${TRUSTED_ENV}")
-    trusted = tuple(p.strip() for p in os.environ.get(TRUSTED_ENV, "").split(",") if p.strip())
+    trusted = _trusted()
     if (not isinstance(target, str) or not target.startswith((*TARGET_PREFIXES, *(f"{p}." for p in trusted)))
             or any(not p.isidentifier() or p.startswith("_") for p in target.split("."))):
         raise ValueError(f"{key}={target!r} is not allowed: a config rebuilt from a file may only name {allowed}")
-    try:
-        obj = _locate(target)
-    except Exception as err:  # ImportError, AttributeError, ...: a target that does not exist
-        raise ValueError(f"{key}={target!r} does not name a class: {_first_line(err)}") from None
+    obj = _locate_allowed(target, key)
     module = getattr(obj, "__module__", "") or ""
     if not ((inspect.isclass(obj) and _inside(module, TARGET_MODULES))
             or (inspect.isfunction(obj) and _inside(module, FUNCTION_MODULES))
             or ((inspect.isclass(obj) or inspect.isfunction(obj)) and _inside(module, trusted))):
         raise ValueError(f"{key}={target!r} resolves to {module}.{getattr(obj, '__qualname__', type(obj).__name__)}"
                          f", which is not allowed: a config rebuilt from a file may only name {allowed}")
+
+
+def _trusted() -> tuple[str, ...]:
+    return tuple(p.strip() for p in os.environ.get(TRUSTED_ENV, "").split(",") if p.strip())
+
+
+def _locate_allowed(target: str, key: str) -> Any:
+    """The object a `_target_` names (its path already passed _check_target's prefix test)."""
+    from hydra._internal.utils import _locate  # Hydra's own resolution of `_target_`, as instantiate does it
+
+    try:
+        return _locate(target)
+    except Exception as err:  # ImportError, AttributeError, ...: a target that does not exist
+        raise ValueError(f"{key}={target!r} does not name a class: {_first_line(err)}") from None
 
 
 def _inside(module: str, packages: tuple[str, ...]) -> bool:

@@ -53,6 +53,8 @@ def run(cfg: DictConfig, state: dict) -> dict:
     trainer = L.Trainer(callbacks=[count], logger=False, enable_checkpointing=False, enable_model_summary=False,
                         **cfg["trainer"])
     out = trainer.test(module, datamodule=data, verbose=False)[0]
+    if count.n == 0 or "test/err1" not in out:  # image folders leave unreadable files out: here, all of them
+        raise ValueError(f"no readable test image in {cfg['data'].get('root')}: nothing was scored")
     return {"err1": out["test/err1"], "err5": out["test/err5"], "loss": out["test/loss"], "n_images": count.n,
             "protocol": cfg["eval"]["name"]}
 

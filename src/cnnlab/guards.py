@@ -4,11 +4,14 @@ run directories that never collide, strict results.json, and the summary a finis
 Every failure names the config key and its value, so the message alone says what to change on the command line.
 """
 
+import fcntl
 import inspect
 import json
 import logging
 import math
 import os
+import shutil
+import socket
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -113,11 +116,63 @@ def check_types(node: Any, key: str = "") -> None:
 def _positive(cfg: dict, key: str, strict: bool = True, allow: tuple = ()) -> None:
     group, _, name = key.partition(".")
     value = (cfg.get(group) or {}).get(name)
-    if value is None or value in allow or not isinstance(value, int | float):
+    if value is None or isinstance(value, bool) or value in allow or not isinstance(value, int | float):
         return
-    if value < 0 or (strict and value == 0) or math.isnan(value):
+    if value < 0 or (strict and value == 0) or not math.isfinite(value):
         more = f" (or one of {allow})" if allow else ""
-        raise ConfigError(f"{key}={value} must be {'> 0' if strict else '>= 0'}{more}")
+        raise ConfigError(f"{key}={value} must be a finite number {'> 0' if strict else '>= 0'}{more}")
+
+
+# What ClassifierModule logs (cnnlab.module: <stage>/loss, err1, err5 per epoch; train/step_loss per step), and the
+# prefixes of the LearningRateMonitor's and Throughput's keys: what a callback's `monitor` can name.
+LOGGED = {f"{stage}/{k}" for stage in ("train", "val", "test") for k in ("loss", "err1", "err5")} | {"train/step_loss"}
+LOGGED_PREFIXES = ("lr-", "perf/")
+
+
+def check_schedule(cfg: dict) -> None:
+    """The LR schedule's units and positions: a milestone or warmup outside the run would be accepted silently."""
+    from cnnlab.schedule import UNITS, WARMUP_MODES
+
+    sched, trainer = cfg.get("schedule") or {}, cfg.get("trainer") or {}
+    unit = sched.get("unit")
+    if "unit" in sched and unit not in UNITS:
+        raise ConfigError(f"schedule.unit={unit!r} must be one of {UNITS}")
+    if "warmup_mode" in sched and sched["warmup_mode"] not in WARMUP_MODES:
+        raise ConfigError(f"schedule.warmup_mode={sched['warmup_mode']!r} must be one of {WARMUP_MODES}")
+    _positive(cfg, "schedule.warmup", strict=False)
+    endless = trainer.get("max_epochs") in (-1,) and trainer.get("max_steps") in (-1, None)
+    if unit == "fraction" and endless:
+        raise ConfigError(f"schedule.unit=fraction needs a finite run, but trainer.max_epochs="
+                          f"{trainer.get('max_epochs')} and trainer.max_steps={trainer.get('max_steps')}: set one")
+    positions = {f"schedule.{k}": sched[k] for k in ("warmup", "peak") if isinstance(sched.get(k), int | float)}
+    milestones = sched.get("milestones")
+    if isinstance(milestones, list):
+        if any(not isinstance(m, int | float) or m < 0 for m in milestones):
+            raise ConfigError(f"schedule.milestones={milestones} must be numbers >= 0 (in schedule.unit={unit})")
+        positions.update({"schedule.milestones": max(milestones, default=0)})
+    for key, value in positions.items():
+        if unit == "fraction" and value > 1:
+            shown = milestones if key == "schedule.milestones" else value
+            raise ConfigError(f"{key}={shown} with schedule.unit=fraction: a fraction of the run is at most 1 "
+                              f"(never reached: the LR would never change there)")
+
+
+def check_monitors(cfg: dict) -> None:
+    """Each callback's `monitor` names a metric the module logs (else it fails after a whole epoch)."""
+    for name, node in (cfg.get("callbacks") or {}).items():
+        monitor = (node or {}).get("monitor") if isinstance(node, dict) else None
+        if monitor is not None and monitor not in LOGGED and not str(monitor).startswith(LOGGED_PREFIXES):
+            raise ConfigError(f"callbacks.{name}.monitor={monitor!r} is not a logged metric: one of "
+                              f"{sorted(LOGGED)} (or the lr-*, perf/* keys of lr_monitor and throughput)")
+
+
+def check_data(cfg: dict) -> None:
+    """Dataset sizes, before the data module sees them."""
+    data = cfg.get("data") or {}
+    sizes = data.get("synthetic_size") if data.get("dataset") == "synthetic" else None
+    if sizes is not None and (not isinstance(sizes, list) or len(sizes) != 2
+                              or any(not isinstance(n, int) or n < 1 for n in sizes)):
+        raise ConfigError(f"data.synthetic_size={sizes} must be two image counts > 0: [train, test]")
 
 
 def check_values(cfg: dict) -> None:
@@ -126,8 +181,13 @@ def check_values(cfg: dict) -> None:
     _positive(cfg, "data.eval_batch_size")
     _positive(cfg, "optim.lr")
     _positive(cfg, "optim.weight_decay", strict=False)
+    _positive(cfg, "optim.momentum", strict=False)
     _positive(cfg, "trainer.max_steps", allow=(-1,))  # 0 would "finish" untrained, writing status finished
     _positive(cfg, "trainer.max_epochs", allow=(-1,))
+    _positive(cfg, "trainer.limit_train_batches")  # 0 trains nothing (and fails only after the data loads)
+    check_schedule(cfg)
+    check_monitors(cfg)
+    check_data(cfg)
     data_classes = (cfg.get("data") or {}).get("num_classes")
     for key in ("model", "module"):
         n = (cfg.get(key) or {}).get("num_classes")
@@ -157,8 +217,8 @@ def _writable(key: str, path: str | Path) -> None:
 
 
 def check_environment(cfg: DictConfig, run_dir: Path) -> None:
-    """Output and cache directories are writable; the precision runs on the device (Lightning would switch
-    16-mixed to bf16-mixed on a CPU with one warning)."""
+    """The dataset folder exists (unless it is to be downloaded); output and cache directories are writable; the
+    precision runs on the device (Lightning would switch 16-mixed to bf16-mixed on a CPU with one warning)."""
     _writable("hydra.run.dir", run_dir)
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
@@ -166,6 +226,12 @@ def check_environment(cfg: DictConfig, run_dir: Path) -> None:
                 if node and node.get(key) and "://" not in str(node[key]):
                     _writable(f"{group}.{name}.{key}", node[key])
     data = cfg.get("data") or {}
+    root, synthetic = data.get("root"), data.get("dataset") == "synthetic"
+    if root and not synthetic and not data.get("download") and not Path(root).expanduser().exists():
+        from cnnlab.data.images import DatasetNotFoundError
+
+        raise DatasetNotFoundError(f"data.root={root} does not exist (and data.download=false): point data.root at "
+                                   f"the dataset, or set data.download=true to fetch it there")  # nothing created
     if data.get("cache_dir") and data.get("root"):  # only image folders are decoded into the cache
         _writable("data.cache_dir", data.cache_dir)
     trainer = cfg.get("trainer") or {}
@@ -210,14 +276,92 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
+# ---- one run per directory ----
+
+class RunDirLocked(RuntimeError):
+    """Another live process is running in this run directory."""
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock on <run_dir>/.lock (fcntl.flock) while a run writes to the directory; the file names the
+    holder (pid and host). A second run into the directory fails at once, naming the holder. The kernel drops the
+    lock when its process dies (kill -9, node reboot), so a stale .lock file never blocks. Rank 0 only: the other
+    ranks of a distributed run share the directory with it."""
+    if not is_global_zero():
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open for the whole run
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunDirLocked(f"the run directory {run_dir} is in use by another run ({holder}): wait for it to "
+                               f"end, or use another hydra.run.dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
+# ---- a relaunch into a finished run ----
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, val in node.items() for k, v in _flat(val, f"{prefix}{key}.").items()} or {
+            prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def check_relaunch(cfg: DictConfig, run_dir: Path) -> None:
+    """A finished run directory is skipped only by the same config (a requeued job, a relaunched sweep): the config
+    the earlier run saved (<run_dir>/config.yaml, written at its start; Hydra rewrites .hydra/ before each launch)
+    must equal this one, else ConfigError names the differing keys and the directory."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        log.warning("%s has no config.yaml (a run from before it was saved): skipping it unchecked", run_dir)
+        return
+    old = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    diffs = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in sorted({*old, *new})
+             if old.get(k, "<absent>") != new.get(k, "<absent>")]
+    if diffs:
+        raise ConfigError(f"{run_dir} holds a finished run of another config ({len(diffs)} keys differ: "
+                          + "; ".join(diffs[:10]) + (" ..." if len(diffs) > 10 else "")
+                          + "): use another hydra.run.dir (hydra.sweep.dir for a sweep), or relaunch with the "
+                            "same config to skip it")
+
+
 # ---- the start and the end of a run ----
+
+HYDRA_FILES = {".hydra", "train.log", ".lock"}  # what a run directory holds before its run starts
+
+
+def abandon(run_dir: Path) -> None:
+    """A run that failed to start leaves no directory behind: removed if it holds only what Hydra and the start
+    wrote (.hydra/, train.log, empty output folders); a directory with any other file (a run to resume) stays."""
+    files = [p.relative_to(run_dir).parts for p in run_dir.rglob("*") if not p.is_dir()] if run_dir.is_dir() else []
+    if run_dir.is_dir() and all(parts[0] in HYDRA_FILES for parts in files):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
 
 def start(cfg: DictConfig, run_dir: Path) -> str | None:
     """Everything before the first byte of data: checks, logging into train.log, orphan cleanup, config.yaml.
-    Returns the checkpoint fit() starts from."""
-    check_config(cfg)
-    check_environment(cfg, run_dir)
-    ckpt = resume_path(cfg, run_dir)
+    Returns the checkpoint fit() starts from. A failed check removes the run directory it created (abandon)."""
+    try:
+        check_config(cfg)
+        check_environment(cfg, run_dir)
+        ckpt = resume_path(cfg, run_dir)
+    except Exception:
+        if is_global_zero():
+            abandon(run_dir)
+        raise
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("lightning")]:
         lightning_log = logging.getLogger(name)  # Lightning's own lines (summary, restores) into train.log, once
         lightning_log.handlers, lightning_log.propagate = [], True
@@ -246,18 +390,30 @@ def write_results(path: Path, **fields: Any) -> None:
     path.write_text(json.dumps(_finite(fields), indent=1, allow_nan=False))
 
 
-def finished_score(done: Path) -> float | None:
-    """A relaunched sweep or requeued job meets a finished run: its score, or its divergence again."""
+class NoTestData(RuntimeError):
+    """The test stage scored no image: every test file was unreadable (results.json: "status": "no_test_data")."""
+
+
+def finished_score(done: Path, cfg: DictConfig | None = None) -> float | None:
+    """A relaunched sweep or requeued job meets a finished run: its score, or its divergence (or empty test) again;
+    with cfg, only if the run's saved config equals cfg (check_relaunch)."""
+    if cfg is not None:
+        check_relaunch(cfg, done.parent)
     results = json.loads(done.read_text())
     if results.get("status") == "diverged":
         raise Diverged(f"{done} records a diverged run: {results.get('error')}")
+    if results.get("status") == "no_test_data":
+        raise NoTestData(f"{done} records a run whose test stage scored nothing: {results.get('error')}")
     log.info("%s exists: this run has finished, skipping it (ckpt_path=last continues it)", done)
     return results["best_score"]
 
 
 @contextmanager
-def recording_divergence(done: Path) -> Iterator[None]:
-    """A diverged run exits non-zero and says so in results.json (its last checkpoint stays the last finite one)."""
+def recording_divergence(done: Path, data: Any = None) -> Iterator[None]:
+    """A diverged run exits non-zero and says so in results.json (its last checkpoint stays the last finite one).
+    A data.root that did not exist (data.download=true) and stays empty after a failure is removed again."""
+    root = Path(data["root"]).expanduser() if data and data.get("root") else None
+    new_root = root if root is not None and not root.exists() else None
     try:
         yield
     except Diverged as e:
@@ -265,13 +421,27 @@ def recording_divergence(done: Path) -> Iterator[None]:
             write_results(done, status="diverged", error=str(e), best_score=None, global_step=e.step, lr=e.lr)
         log.error("%s", e)
         raise
+    except BaseException:
+        if new_root is not None and new_root.is_dir() and not any(new_root.rglob("*")):
+            shutil.rmtree(new_root, ignore_errors=True)  # a failed download leaves no empty folder behind
+        raise
 
 
 def finish(trainer: L.Trainer, done: Path, tested: list[dict]) -> float | None:
-    """results.json (written last: its presence marks a finished run), then where everything went, printed last."""
+    """results.json (written last: its presence marks a finished run), then where everything went, printed last.
+    A test stage that scored nothing although it was asked to (every test file unreadable) is no finished run:
+    results.json says "no_test_data" and NoTestData ends the program non-zero."""
     test = tested[0] if tested else {}  # limit_test_batches=0 skips the test stage
     best_cb = next((cb for cb in trainer.checkpoint_callbacks if cb.monitor), None)
     score = None if best_cb is None or best_cb.best_model_score is None else float(best_cb.best_model_score)
+    if not test and trainer.limit_test_batches != 0:
+        root = (getattr(trainer.datamodule, "hparams", None) or {}).get("root")
+        error = f"no readable test image in {root}: the test stage scored nothing"
+        if trainer.is_global_zero:
+            write_results(done, status="no_test_data", error=error, best_score=score, test={},
+                          epoch=trainer.current_epoch, global_step=trainer.global_step)
+        log.error("%s (run directory: %s)", error, done.parent)
+        raise NoTestData(error)
     if trainer.is_global_zero:
         write_results(done, status="finished", best_score=score, test=test, epoch=trainer.current_epoch,
                       global_step=trainer.global_step)

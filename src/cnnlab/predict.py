@@ -7,10 +7,13 @@
 Images are preprocessed as the checkpoint's run evaluated: its data config (in-memory CIFAR/MNIST: converted to RGB
 or greyscale, resized + center-cropped to data.image_size, MNIST zero-padded; image folders: the eval protocol's
 resize + center crop), normalized with the mean and std stored in the checkpoint (He et al.'s per-pixel mean image
-included). The command line is Hydra's (cnnlab.cli): the keys above are conf/predict.yaml's, any other key=value
-overrides the checkpoint's run config (e.g. eval.crop=...), `--help` lists them.
+included). A file that cannot be decoded (truncated, corrupt, not an image) is left out and listed on stderr after the
+results of the others, and the exit status is then 2. The command line is Hydra's (cnnlab.cli): the keys above are
+conf/predict.yaml's, any other key=value overrides the checkpoint's run config (e.g. eval.crop=...), `--help` lists
+them.
 """
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,8 @@ from cnnlab import cli
 from cnnlab.checkpoint import check_compatible
 from cnnlab.data import eval_transform
 from cnnlab.data.readers import IMAGE_SUFFIXES
+
+UNREADABLE_STATUS = 2  # exit status when some files of a folder were unreadable (the others' results are printed)
 
 
 @dataclass
@@ -128,11 +133,25 @@ def draw(img: Image.Image, top: list[tuple[str, float]], out: Path, title: str =
     fig.savefig(out, dpi=120)
 
 
+def read_images(files: list[Path]) -> tuple[list[Path], list[Image.Image], list[tuple[Path, str]]]:
+    """(readable files, their images, [(unreadable file, why)]): a truncated or corrupt file is left out, named."""
+    good, images, bad = [], [], []
+    for f in files:
+        try:
+            images.append(read_image(f))
+            good.append(f)
+        except (OSError, SyntaxError, ValueError) as err:  # PIL: truncated data, unknown format, broken headers
+            bad.append((f, str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__))
+    return good, images, bad
+
+
 def run(cfg: DictConfig, state: dict) -> None:
-    """Print the top-k of every image of cfg.image; draw them into cfg.save."""
+    """Print the top-k of every readable image of cfg.image; draw them into cfg.save. Unreadable files are listed
+    after the results, and the exit status is then UNREADABLE_STATUS (none readable: the message, status 1)."""
     ck = from_config(cfg, state, cfg.device)
-    files = image_files(cfg.image)
-    images = [read_image(f) for f in files]
+    files, images, bad = read_images(image_files(cfg.image))
+    if not files:
+        raise ValueError(f"no readable image in image={cfg.image}: " + "; ".join(f"{f}: {why}" for f, why in bad))
     tops = predict(ck, images, cfg.topk, cfg.batch_size)
     save = Path(cfg.save).expanduser() if cfg.save else None
     folder = Path(cfg.image).expanduser()
@@ -145,6 +164,11 @@ def run(cfg: DictConfig, state: dict) -> None:
             png = png if png.suffix.lower() == ".png" else png / f"{f.stem}.png"
             draw(img.convert("L" if cfg.data.in_channels == 1 else "RGB"), top, png, title=f.name)  # as read
             print(f"  -> {png}")
+    if bad:
+        print(f"{len(bad)} of {len(bad) + len(files)} files unreadable, left out:", file=sys.stderr)
+        for f, why in bad:
+            print(f"  {f}: {why}", file=sys.stderr)
+        raise SystemExit(UNREADABLE_STATUS)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -197,12 +197,17 @@ def load_state(source: str) -> tuple[dict[str, torch.Tensor], dict | None]:
         weights = get_weight(str(source))
     except (ValueError, KeyError, AttributeError) as err:
         raise ValueError(f"transfer.weights={source!r} is not a torchvision weights name ({err})") from err
-    try:
-        state = weights.get_state_dict(progress=True)  # $TORCH_HOME/hub/checkpoints first, else a download
-    except OSError as err:  # URLError is an OSError
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[1]
-        raise FileNotFoundError(f"torchvision weights {source} are not in the torch hub cache ({cache}) and could not "
-                                f"be downloaded from {weights.url} ({err}); copy the file there") from err
+    # $TORCH_HOME/hub/checkpoints first (where get_state_dict looks), else a download there; read as every file is,
+    # weights-only (torchvision's own loader unpickles it: a file copied in by hand could run code)
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[1]
+    if not cache.is_file():
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(cache), progress=True)
+        except OSError as err:  # URLError is an OSError
+            raise FileNotFoundError(f"torchvision weights {source} are not in the torch hub cache ({cache}) and could "
+                                    f"not be downloaded from {weights.url} ({err}); copy the file there") from err
+    state = load_checkpoint(cache, key=f"transfer.weights={source}: the torch hub file")
     return {DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in state.items()}, None
 
 

@@ -90,6 +90,8 @@ def eval_batches(ck: Checkpoint, limit: int | None = None) -> Iterator[tuple[tor
         yield x.to(device), y.to(device)
         if limit is not None and seen >= limit:
             return
+    if seen == 0:  # image folders leave unreadable files out: here, all of them
+        raise ValueError(f"no readable test image in {cfg.data.get('root')}: nothing to show")
 
 
 @torch.no_grad()
