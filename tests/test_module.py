@@ -44,8 +44,10 @@ def test_loss_weights_auxiliary_heads_and_smooths_labels():
     module.eval()
     module.validation_step((x, y), 0)
     top1 = (model.main(x).argmax(1) == y).float().mean()
-    assert module.metrics["val_err1"].compute().item() == pytest.approx(1 - top1.item())
-    assert module.metrics["val_err5"].compute().item() == 0.0  # top-3 of 3 classes always hits
+    val = module.metrics["val"].compute()
+    assert val["err1"] == pytest.approx(1 - top1.item()) and val["loss"] == pytest.approx(
+        F.cross_entropy(model.main(x), y, label_smoothing=0.1).item())
+    assert val["err5"] == 0.0  # top-3 of 3 classes always hits
 
 
 def test_bad_label_smoothing_is_named():
