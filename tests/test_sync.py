@@ -18,7 +18,7 @@ HOST_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_uniqu
 
 
 class SyncCounter(TorchDispatchMode):
-    """Counts sync-forcing calls while `on`; `calls` keeps where each happened (the innermost cnnlab/lightning frame)."""
+    """Counts sync-forcing calls while `on`; `calls` keeps where each happened (innermost cnnlab/lightning frame)."""
 
     def __init__(self) -> None:
         super().__init__()
