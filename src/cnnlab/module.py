@@ -7,13 +7,12 @@ from functools import partialmethod
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from cnnlab.checkpoint import check_compatible
 from cnnlab.evaluation import FullyConvolutional, is_multi_view, log_scores
 from cnnlab.metrics import Sums
-from cnnlab.optim import param_groups
+from cnnlab.optim import param_groups, scale_lrs
 from cnnlab.schedule import Schedule
 
 STAGES = ("train", "val", "test")
@@ -105,17 +104,13 @@ class ClassifierModule(L.LightningModule):
             loss = loss + self.hparams.aux_weight * F.cross_entropy(a, y, label_smoothing=self.hparams.label_smoothing)
         self.metrics[stage].update(loss, logits, y)
         if stage == "train" and self._trainer is not None and self.trainer._logger_connector.should_update_logs:
-            self._log_step(loss)
+            # the one host read of a training step, at the logging cadence, to the loggers and the progress bar
+            # (cnnlab.callbacks.ProgressBar) as a float: self.log would keep a device tensor, read after every step
+            self.bar_metrics = {"train/step_loss": loss.item()}
+            for logger in self.trainer.loggers:
+                logger.log_metrics({**self.bar_metrics, "epoch": self.current_epoch},
+                                   step=self.trainer.fit_loop.epoch_loop._batches_that_stepped)
         return loss
-
-    def _log_step(self, loss: torch.Tensor) -> None:
-        """train/step_loss, the one host read of a training step, at the logging cadence, written to the loggers and
-        the progress bar (cnnlab.callbacks.ProgressBar) as a float: self.log would keep a device tensor that
-        Lightning reads again after every later step."""
-        self.bar_metrics = {"train/step_loss": loss.item()}
-        for logger in self.trainer.loggers:
-            logger.log_metrics({**self.bar_metrics, "epoch": self.current_epoch},
-                               step=self.trainer.fit_loop.epoch_loop._batches_that_stepped)
 
     def _log_epoch(self, stage: str) -> None:
         """The stage's epoch means (summed over ranks), as floats: the progress bar and loggers read no tensor."""
@@ -143,16 +138,8 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer(param_groups(self.model, self.hparams.norm_bias_decay))
-        for g in optimizer.param_groups:  # transfer learning: e.g. the pretrained backbone at 0.1 x lr
-            g["lr"] *= g["lr_scale"]
-        if self.hparams.reference_batch:
-            t = self.trainer
-            scale = self.hparams.batch_size * t.world_size * t.accumulate_grad_batches / self.hparams.reference_batch
-            for g in optimizer.param_groups:
-                g["lr"] *= scale
-            rank_zero_info(f"lr x {scale:g} = {optimizer.param_groups[0]['lr']:g} for a global batch of "
-                           f"{self.hparams.batch_size * t.world_size * t.accumulate_grad_batches} images "
-                           f"(the recipe's lr is per {self.hparams.reference_batch})")
+        t, batch = self.trainer, self.hparams.batch_size
+        scale_lrs(optimizer, batch and batch * t.world_size * t.accumulate_grad_batches, self.hparams.reference_batch)
         total = self.trainer.estimated_stepping_batches
         if self.trainer.train_dataloader is None:  # with max_steps and max_epochs=-1 Lightning has not loaded it yet
             self.trainer.fit_loop.setup_data()
