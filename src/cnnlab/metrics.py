@@ -6,6 +6,7 @@ MeanMetric and MulticlassAccuracy each read the device per update). Errors are m
 images misclassified, as the papers report them.
 """
 
+import lightning as L
 import torch
 from lightning.pytorch.strategies import Strategy
 
@@ -44,3 +45,12 @@ class Sums:
         total = strategy.reduce(self.total.clone(), reduce_op="sum") if strategy is not None else self.total
         loss_n, miss1, miss5, n = total.double().tolist()
         return {"loss": loss_n / n, "err1": miss1 / n, "err5": miss5 / n}
+
+
+def log_now(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    """Floats to every logger at the current training step, as Lightning would write them. LightningModule.log would
+    store each value as a device tensor that Lightning converts again after every later step of the epoch: a
+    host-device sync per step on an accelerator."""
+    for logger in trainer.loggers:
+        logger.log_metrics({**metrics, "epoch": trainer.current_epoch},
+                           step=trainer.fit_loop.epoch_loop._batches_that_stepped)

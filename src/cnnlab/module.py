@@ -11,7 +11,7 @@ from torch import nn
 
 from cnnlab.checkpoint import check_compatible
 from cnnlab.evaluation import FullyConvolutional, is_multi_view, log_scores
-from cnnlab.metrics import Sums
+from cnnlab.metrics import Sums, log_now
 from cnnlab.optim import param_groups, scale_lrs
 from cnnlab.schedule import Schedule
 
@@ -104,12 +104,10 @@ class ClassifierModule(L.LightningModule):
             loss = loss + self.hparams.aux_weight * F.cross_entropy(a, y, label_smoothing=self.hparams.label_smoothing)
         self.metrics[stage].update(loss, logits, y)
         if stage == "train" and self._trainer is not None and self.trainer._logger_connector.should_update_logs:
-            # the one host read of a training step, at the logging cadence, to the loggers and the progress bar
-            # (cnnlab.callbacks.ProgressBar) as a float: self.log would keep a device tensor, read after every step
+            # the one host read of a training step, at the logging cadence: a float for the loggers and the
+            # progress bar (cnnlab.callbacks.ProgressBar)
             self.bar_metrics = {"train/step_loss": loss.item()}
-            for logger in self.trainer.loggers:
-                logger.log_metrics({**self.bar_metrics, "epoch": self.current_epoch},
-                                   step=self.trainer.fit_loop.epoch_loop._batches_that_stepped)
+            log_now(self.trainer, self.bar_metrics)
         return loss
 
     def _log_epoch(self, stage: str) -> None:

@@ -16,6 +16,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 
+from cnnlab.metrics import log_now
+
 
 class WarmupUntilError(L.Callback):
     """Scales the lr by `factor` until the running training top-1 error falls below `below` (or `max_steps`)."""
@@ -121,7 +123,7 @@ class WarmupUntilError(L.Callback):
             if read and self._seen >= self.window:
                 # summed over the ranks' windows: every device decides alike; the one host read, at this cadence
                 wrong, n = trainer.strategy.reduce(self._counts.sum(0), reduce_op="sum").tolist()
-                pl_module.log("warmup/running_err1", wrong / n, on_step=True, on_epoch=False)
+                log_now(trainer, {"warmup/running_err1": wrong / n})
                 if wrong / n < self.below:
                     self._end(trainer, f"running training error {100 * wrong / n:.1f}% < "
                                         f"{100 * self.below:g}% over the last {self.window} batches", pl_module)
@@ -134,8 +136,8 @@ class WarmupUntilError(L.Callback):
         self.ended_at, self._logits = trainer.global_step, None
         self._apply()
         self._remove_hook()
-        if pl_module is not None:  # inside a training batch, where Lightning accepts logging
-            pl_module.log("warmup/end_step", float(self.ended_at), on_step=True, on_epoch=False)
+        if pl_module is not None:  # inside a training batch
+            log_now(trainer, {"warmup/end_step": float(self.ended_at)})
         rank_zero_info(f"warm-up (lr x {self.factor:g}) ended at step {self.ended_at}: {why}; "
                        f"lr now {self._scheduler.optimizer.param_groups[0]['lr']:g}")
 
