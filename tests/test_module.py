@@ -1,4 +1,5 @@
-"""The training module: loss with label smoothing and auxiliary heads, error metrics, weight-decay groups."""
+"""The training module: loss with label smoothing and auxiliary heads, error metrics, weight-decay groups; the resume
+warning of its callbacks said once."""
 
 import pytest
 import torch
@@ -53,3 +54,17 @@ def test_loss_weights_auxiliary_heads_and_smooths_labels():
 def test_bad_label_smoothing_is_named():
     with pytest.raises(ValueError, match="got 1.5"):
         ClassifierModule(nn.Linear(2, 2), None, None, num_classes=2, label_smoothing=1.5)
+
+
+def test_resume_length_warning_is_said_once(tiny, tmp_path, caplog):
+    import logging
+    import warnings
+
+    from conftest import run_train
+
+    run_train([*tiny, "trainer.max_epochs=1"], tmp_path)
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_train([*tiny, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path)
+    said = [r.getMessage() for r in caplog.records] + [str(w.message) for w in caught]
+    assert sum("RESUMING WITH A DIFFERENT RUN LENGTH" in m for m in said) == 1

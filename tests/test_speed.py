@@ -77,7 +77,7 @@ def test_cifar10_fast_is_airbench94(tmp_path):
     assert cfg.data.batch_size == cfg.module.reference_batch == 1024 and cfg.model.bias_scaler == 64
     assert cfg.augment.crop_padding == 2 and cfg.optim.nesterov and cfg.schedule._target_.endswith("triangular")
     assert cfg.optim.lr * cfg.optim.weight_decay == pytest.approx(0.0153 * 1024 / (1024 * (1 + 1 / 0.15)))
-    assert cfg.callbacks.ema._target_ == "lightning.pytorch.callbacks.EMAWeightAveraging"
+    assert cfg.callbacks.ema._target_ == "cnnlab.callbacks.EMA"  # callbacks=ema: Lightning's EMA on the foreach path
 
 
 def test_cifar10_fast_trains_with_ema_whitening_and_flip_tta(tmp_path):
