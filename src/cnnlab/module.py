@@ -83,8 +83,9 @@ class ClassifierModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if self._trainer is not None and self.trainer.strategy.root_device.type == "cuda":  # cuDNN autotuning
-            torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()  # (trainer.deterministic)
+        asked = ((self.hparams.run_config or {}).get("trainer") or {}).get("benchmark")  # trainer.benchmark: null
+        if asked is None and self._trainer is not None and self.trainer.strategy.root_device.type == "cuda":
+            torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()  # cuDNN autotuning
         if self.compile_mode and not getattr(self, "_compiled", False):
             self.model.compile(mode=self.compile_mode)
             self._compiled = True
