@@ -66,7 +66,7 @@ CLAIMS = {
 # cifar10_fast's ablation: each of airbench94's steps turned off alone (conf/experiment/cifar10_fast.yaml)
 ABLATIONS = {
     "EMA for evaluation instead of lookahead": ["~callbacks.lookahead",
-                                               "+callbacks.ema._target_=lightning.pytorch.callbacks.EMAWeightAveraging",
+                                               "+callbacks.ema._target_=cnnlab.callbacks.EMA",
                                                "+callbacks.ema.decay=0.7737809374999998",
                                                "+callbacks.ema.update_every_n_steps=5",
                                                "+callbacks.ema.update_starting_at_step=144"],

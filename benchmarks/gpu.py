@@ -1,18 +1,23 @@
-"""Speed on one GPU, four measurements under one global deadline (8 minutes by default), for an H100/H200 holder:
+"""Speed on one GPU, five measurements under one global deadline (8 minutes by default), for an H100/H200 holder.
+They run in the order 1, 3, 5, 2, 4 (the first three are what the no-sync / CUDA-graph work is judged by):
 
     1. ResNet-50 training throughput (synthetic 224-px images on the device, batch 256): train.py against a plain
        PyTorch loop, same model, optimizer, precision and memory format, over precision x channels_last x compile;
-       steady-state img/s, train.py/plain ratio, achieved TFLOP/s and MFU against the device's peak, peak memory.
+       steady-state img/s, train.py/plain ratio, achieved TFLOP/s and MFU against the device's peak, peak memory;
+       and, right after the first case, train.py under torch.cuda.set_sync_debug_mode("error") over the steady
+       steps between two logging steps: any host-device sync there fails the run, naming the call.
     2. airbench-class CIFAR-10: `experiment=cifar10_fast` on the real images (a packed file), n seeds: test
        accuracy and wall clock split into start-up, compile, training, evaluation; against airbench94's 2.59 s (A100).
     3. He et al. 2016 CIFAR step rate: ResNet-20/56/110 iterations per second under `experiment=he2016_cifar`
-       (bf16, channels_last, compile), the Figure 6 sweep's wall clock (24 runs x 64k iterations) on one GPU, and
-       the aggregate rate of several runs sharing it.
+       (bf16, channels_last, batch 128), eager and in each module.compile mode (default, reduce-overhead,
+       max-autotune); the study's wall clock from those rates (Figure 6: 24 runs x 64k iterations; with
+       ResNet-110 and plain-110, 30 runs) one run at a time, and the aggregate rate of several runs sharing the GPU.
+    5. Fused runs (benchmarks/fused.py, `measure(jobs)`): several ResNet-56 jobs trained as one program.
     4. Image-folder (and FFCV, where installed) loaders on Imagenette: img/s per worker and with every core, and
        how many cores keep item 1's ResNet-50 fed.
 
     bash benchmarks/gpu.sh OUT            # the GPU holder's command: installs carried wheels, runs this
-    python benchmarks/gpu.py OUT [--deadline 450] [--items 1 2 3 4]
+    python benchmarks/gpu.py OUT [--deadline 450] [--items 1 3 5 2 4]
     python benchmarks/gpu.py OUT --smoke  # the same code paths on a CPU in about a minute (tests/test_gpu_bench.py)
 
 Every measurement runs in its own process (train.py exactly as a user runs it, or a worker of this file), under a
@@ -51,6 +56,9 @@ GRID = [("bf16-mixed", True, False), ("bf16-mixed", False, False), ("bf16-mixed"
         ("bf16-mixed", False, True), ("32-true", False, False), ("16-mixed", True, False), ("32-true", True, False),
         ("16-mixed", True, True)]
 FIG6_RUNS = [(d, 6) for d in (20, 32, 44, 56)]  # he2016_degradation: depth x (plain, residual) x 3 seeds = 24 runs
+STUDY_RUNS = [*FIG6_RUNS, (110, 6)]  # and he2016_degradation110's plain-110 + ResNet-110, 3 seeds
+MODES = [False, "default", "reduce-overhead", "max-autotune"]  # module.compile: eager, then torch.compile's modes
+SHARES = {1: 0.22, 3: 0.33, 5: 0.15, 2: 0.20, 4: 0.10}  # of the deadline, in the order the items run
 
 
 # ---- pieces train.py loads from here (data._target_=gpu.DeviceSynthetic, +callbacks.bench._target_=gpu.StepTimer) --
@@ -101,26 +109,47 @@ def rate(points: list, batch: int) -> float | None:
 
 
 class StepTimer(L.Callback):
-    """Inside train.py: step marks to a JSON file; stops at `stop_at` (epoch seconds) and can skip the test stage."""
+    """Inside train.py: step marks to a JSON file; stops at `stop_at` (epoch seconds) and can skip the test stage.
+
+    sync_debug: after the warm-up, from the step after a logging step to the start of the next logging step (the
+    steady steps, where no host-device sync is allowed), run under torch.cuda.set_sync_debug_mode("error"): a sync
+    there raises, naming the call, and the run fails. No marks (they synchronize) inside that window.
+    """
 
     def __init__(self, out: str, warmup: int = 10, every: int = 10, stop_at: float | None = None,
-                 exit_after_fit: bool = True) -> None:
+                 exit_after_fit: bool = True, sync_debug: bool = False) -> None:
         self.out, self.marks, self.stop_at, self.exit = Path(out), Marks(warmup, every), stop_at, exit_after_fit
-        self.n = 0
+        self.n, self.sync_debug, self.debug_steps, self._debugging, self._after_log = 0, sync_debug, [], False, False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.time()
 
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if not self.sync_debug or not torch.cuda.is_available():
+            return
+        logging = trainer._logger_connector.should_update_logs
+        if self._debugging and logging:  # the next logging step reads the device: allowed
+            torch.cuda.set_sync_debug_mode(0)
+            self._debugging = False
+            self.debug_steps.append(trainer.global_step)
+        elif self._after_log and not self.debug_steps and self.n >= self.marks.warmup:
+            torch.cuda.set_sync_debug_mode("error")
+            self._debugging = True
+            self.debug_steps.append(trainer.global_step)
+        self._after_log = logging
+
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         self.n += 1
-        self.marks.step(self.n, self.started)
+        if not self._debugging:
+            self.marks.step(self.n, self.started)
         if self.stop_at and time.time() > self.stop_at and self.marks.points:
             trainer.should_stop = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sync()
         self.out.write_text(json.dumps({"points": self.marks.points, "first_step_s": self.marks.first_step_s,
-                                        "steps": self.n, "fit_start": self.started, "mem_gib": mem_gib()}))
+                                        "steps": self.n, "fit_start": self.started, "mem_gib": mem_gib(),
+                                        "sync_debug_steps": self.debug_steps}))
         if self.exit:  # the test stage is not measured, and a compiled model would compile again for it
             os._exit(0)
 
@@ -216,11 +245,12 @@ def plain_loop(spec: dict) -> dict:
 class Budget:
     """The global deadline and each item's share of it; an item inherits what the ones before it left unused."""
 
-    def __init__(self, total: float, shares: dict[int, float]) -> None:
+    def __init__(self, total: float, shares: dict[int, float]) -> None:  # shares in the order the items run
         self.end, self.total, self.shares, self.banked = time.monotonic() + total, total, shares, 0.0
 
     def start(self, item: int) -> None:
-        later = sum(s for i, s in self.shares.items() if i > item) * self.total * 0.5  # keep half of theirs
+        order = list(self.shares)
+        later = sum(self.shares[i] for i in order[order.index(item) + 1 :]) * self.total * 0.5  # keep half of theirs
         self.item_end = time.monotonic() + min(self.shares[item] * self.total + self.banked, self.left() - later)
 
     def finish(self) -> None:
@@ -235,7 +265,7 @@ class Bench:
         self.a, self.out = args, Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix="cnnlab-gpu-"))
-        shares = {i: s for i, s in {1: 0.32, 2: 0.33, 3: 0.25, 4: 0.10}.items() if i in args.items}
+        shares = {i: SHARES[i] for i in args.items}
         self.budget = Budget(args.deadline, {i: s / sum(shares.values()) for i, s in shares.items()})  # --items: theirs
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "benchmarks"),
                                                                  os.environ.get("PYTHONPATH", "")])}
@@ -352,6 +382,29 @@ class Bench:
             res["rows"].append(row)
             print(f"[item 1] {self.row1(row)}", flush=True)
             self.save()
+            if len(res["rows"]) == 1:
+                self.sync_check(ov, warmup)
+
+    def sync_check(self, overrides: list[str], warmup: int) -> None:
+        """train.py (item 1's first case) with torch.cuda.set_sync_debug_mode("error") over the steady steps between
+        two logging steps (logged every 10): passes when no host-device sync happens there."""
+        if not self.fits(1, "ResNet-50 sync debug", 0 if self.smoke else 30):
+            return
+        every = 2 if self.smoke else 10
+        d, _ = self.train_py("r50-sync", [*overrides, f"trainer.log_every_n_steps={every}",
+                                          f"trainer.max_steps={warmup + 3 * every}", "trainer.limit_val_batches=0",
+                                          "trainer.num_sanity_val_steps=0"], self.budget.left(item=True),
+                             timer={"warmup": warmup, "every": every, "sync_debug": True})
+        if not torch.cuda.is_available() and d and "failed" not in d:
+            check = {"result": "not a GPU: nothing to check"}
+        elif d and "failed" not in d:
+            steps = d.get("sync_debug_steps") or []
+            check = {"result": "passed" if len(steps) == 2 else "no window", "steps": steps}
+        else:
+            check = {"result": "FAILED: a host-device sync in a steady step (or another error)", **(d or {})}
+        self.res["items"]["1"]["sync_debug"] = check
+        print(f"[item 1] sync debug: {check}", flush=True)
+        self.save()
 
     @staticmethod
     def row1(r: dict) -> str:
@@ -410,10 +463,12 @@ class Bench:
                                         "sharing": []}
         fast = ["data.batch_size=16"] if s else ["trainer.precision=bf16-mixed", "module.channels_last=true"]
         base = ["experiment=he2016_cifar", *src, *fast, "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0"]
-        jobs = [(20, False), (56, False), (110, False), (20, True), (56, True), (110, True)]  # sharing after 56
-        for depth, comp in [(20, False)] if s else jobs:
-            need = 0 if s else (70 + 0.6 * depth if comp else 20)  # seconds: start-up, compile, 220 steps
-            if not self.fits(3, f"ResNet-{depth}{' compiled' if comp else ''}", need):
+        # eager first, then each compile mode on ResNet-56 (the study's mid-size net), then on 20 and 110
+        jobs = [(d, False) for d in (20, 56, 110)] + [(d, m) for d in (56, 20, 110) for m in MODES[1:]]
+        for depth, comp in [(20, False)] if s else jobs:  # smoke: no compile (minutes on a CPU)
+            # seconds: start-up, compile (max-autotune tunes kernels: about twice as long), 220 steps
+            need = 0 if s else (20 if not comp else (70 + 0.6 * depth) * (2 if comp == "max-autotune" else 1))
+            if not self.fits(3, f"ResNet-{depth} {comp or 'eager'}", need):
                 continue
             d, _ = self.train_py(f"he-{depth}-{comp}", [*base, f"model=resnet{depth}", f"module.compile={comp}",
                                                        f"trainer.max_steps={warmup + steps}"],
@@ -427,7 +482,7 @@ class Bench:
             res["rates"].append(r)
             print(f"[item 3] {r}", flush=True)
             self.save()
-            if (depth, comp) == (56, False) or s:
+            if (depth, comp) == (56, False) or (s and not comp):
                 self.sharing(res, base, warmup)
         self.sweep(res)
 
@@ -474,20 +529,36 @@ class Bench:
 
     @staticmethod
     def sweep(res: dict) -> None:
-        """Figure 6's 24 runs x 64k iterations at the measured rates (depths 32, 44 interpolated linearly)."""
-        for comp in (True, False):
+        """The study's wall clock at the measured rates, per compile mode: Figure 6's 24 runs x 64k iterations
+        (depths 32, 44 interpolated linearly) and, with plain-110/ResNet-110 x 3 seeds, the 30-run study (110
+        extrapolated when not measured); a plain net costs as its residual twin, evaluation is not counted."""
+        for comp in MODES:
             known = {r["depth"]: 1 / r["it_s"] for r in res["rates"] if r.get("it_s") and r["compile"] == comp}
             if 20 not in known or 56 not in known:
                 continue
             slope = (known[56] - known[20]) / 36  # seconds per step per layer
-            hours = sum(64000 * (known[20] + slope * (d - 20)) * n for d, n in FIG6_RUNS) / 3600
-            one = {"compile": comp, "one_gpu_h": hours}
-            single56 = 1 / known[56]
+            per_step = {d: known.get(d, known[20] + slope * (d - 20)) for d, _ in STUDY_RUNS}
+            hours = sum(64000 * per_step[d] * n for d, n in FIG6_RUNS) / 3600
+            one = {"compile": comp, "one_gpu_h": hours, "study_h": sum(64000 * per_step[d] * n
+                                                                       for d, n in STUDY_RUNS) / 3600}
             best = max((s for s in res["sharing"] if s.get("aggregate_it_s")), default=None,
                        key=lambda s: s["aggregate_it_s"])
             if best and not comp:
+                single56 = 1 / known[56]  # it/s of one ResNet-56 run alone
                 one |= {"shared_h": hours * single56 / best["aggregate_it_s"], "shared_runs": best["runs"]}
             res.setdefault("sweep", []).append(one)
+
+    # ---- item 5: HOOK for fused runs (issue 21, item 3) ---------------------------------------------------------
+    def item5(self) -> None:
+        """Fused ResNet-56 jobs (2, 4, 8) as one program: benchmarks/fused.py's measure(jobs) returns a dict (rates,
+        memory) stored as item 5 of gpu.json; until that file exists, a message."""
+        try:
+            from fused import measure  # benchmarks/fused.py
+        except ImportError:
+            print("fused: not available", flush=True)
+            return self.skip(5, "fused runs", "fused: not available (no benchmarks/fused.py)")
+        self.res["items"]["5"] = measure([2] if self.smoke else [2, 4, 8])
+        self.save()
 
     # ---- item 4 ------------------------------------------------------------------------------------------------
     def item4(self) -> None:
@@ -605,6 +676,9 @@ def markdown(res: dict) -> str:
                 "", "| precision, memory format, compile | plain img/s | train.py img/s | train.py/plain | TFLOP/s | "
                 "MFU | GiB | first step s (plain / train.py) |", "|---|---|---|---|---|---|---|---|",
                 *[Bench.row1(r) for r in i["rows"]], ""]
+        if "sync_debug" in i:
+            out += [f"torch.cuda.set_sync_debug_mode('error') over the steady steps between two logging steps "
+                    f"(train.py, the first case above, logged every 10 steps): {i['sync_debug']['result']}", ""]
     if "2" in items:
         i = items["2"]
         out += [f"## 2. experiment=cifar10_fast on {i['data']} (airbench94: {AIRBENCH94_A100_S} s on an A100)", "",
@@ -643,8 +717,12 @@ def markdown(res: dict) -> str:
             out.append(f"\nFigure 6 sweep (24 runs x 64k iterations, depths 32/44 interpolated, plain = residual "
                        f"cost, evaluation not counted), compile={s['compile']}: {s['one_gpu_h']:.1f} GPU-hours one "
                        f"run at a time" + (f"; {s['shared_h']:.1f} h with {s['shared_runs']} runs sharing the GPU"
-                                          if "shared_h" in s else "") + ".")
+                                          if "shared_h" in s else "")
+                       + f"; with plain-110 and ResNet-110 x 3 seeds (30 runs) {s['study_h']:.1f} GPU-hours.")
         out.append("")
+    if "5" in items:
+        out += ["## 5. Fused runs (benchmarks/fused.py)", "", "```", json.dumps(items["5"], indent=1, default=str),
+                "```", ""]
     if "4" in items:
         i = items["4"]
         out += [f"## 4. Loaders on {i['images']} Imagenette training images ({i['data']})", "",
@@ -669,7 +747,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", nargs="?", help="output folder: gpu.json, gpu.md")
     p.add_argument("--deadline", type=float, default=450, help="seconds for everything (the 8-minute slot)")
-    p.add_argument("--items", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--items", type=int, nargs="+", default=list(SHARES), help="in the order they run")
     p.add_argument("--seeds", type=int, default=3, help="item 2's runs")
     p.add_argument("--cifar", default=str(ROOT / ".gpu-data" / "cifar10.npz"))
     p.add_argument("--imagenette", default=str(ROOT / ".gpu-data" / "imagenette.npz"))

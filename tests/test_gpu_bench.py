@@ -88,13 +88,17 @@ def test_gpu_benchmark_smoke_runs_every_item_end_to_end(gpu_bench, packed, tmp_p
     fast = res["items"]["2"]["runs"][0]
     assert 0 <= fast["test_acc"] <= 1 and fast["epochs"] == 1
     assert fast["train_s"] > 0 and fast["val_s"] > 0 and fast["test_s"] > 0 and fast["other_s"] > -0.5
+    assert res["items"]["1"]["sync_debug"]["result"] == "not a GPU: nothing to check"  # ran; checks on a GPU
     assert res["items"]["3"]["rates"][0]["it_s"] > 0
     assert res["items"]["4"]["rows"][0]["img_s"] > 0 and res["items"]["4"]["images"] == 40
     no_ffcv = [] if importlib.util.find_spec("ffcv") else ["FFCV loader"]  # `pip install -e '.[dev]'`: no FFCV extra
-    assert [s["what"] for s in res["skipped"]] == ["runs sharing the GPU", *no_ffcv]  # in-process: no concurrent runs
+    no_fused = [] if (ROOT / "benchmarks" / "fused.py").exists() else ["fused runs"]  # the hook's message
+    # in-process: no concurrent runs; items run in the order 1, 3, 5, 2, 4
+    assert [s["what"] for s in res["skipped"]] == ["runs sharing the GPU", *no_fused, *no_ffcv]
     md = (out / "gpu.md").read_text()
     for head in ("## 1. ResNet-50", "## 2. experiment=cifar10_fast", "## 3. experiment=he2016_cifar", "## 4. Loaders"):
         assert head in md
+    assert "set_sync_debug_mode('error')" in md
 
 
 def test_gpu_benchmark_out_of_time_skips_with_messages_and_still_writes(gpu_bench, tmp_path):
@@ -102,7 +106,8 @@ def test_gpu_benchmark_out_of_time_skips_with_messages_and_still_writes(gpu_benc
     res = json.loads((tmp_path / "gpu.json").read_text())
     assert len(res["items"]["1"]["rows"]) == 0 and len(res["items"]["3"]["rates"]) == 0
     skipped = [s["what"] for s in res["skipped"]]
-    assert "ResNet-50 bf16-mixed CL compile" in skipped and "ResNet-110 compiled" in skipped
+    assert "ResNet-50 bf16-mixed CL compile" in skipped and "ResNet-110 max-autotune" in skipped
+    assert "ResNet-56 reduce-overhead" in skipped and "ResNet-50 sync debug" not in skipped  # after the first case
     assert all("s of the item's budget left" in s["why"] for s in res["skipped"])
     assert "## Skipped" in (tmp_path / "gpu.md").read_text()
 
@@ -124,6 +129,14 @@ def test_gpu_benchmark_arithmetic(gpu_bench):
     gpu_bench.Bench.sweep(he)
     assert he["sweep"][0]["one_gpu_h"] == pytest.approx(6 * 64000 * (0.010 + 0.015 + 0.020 + 0.025) / 3600)
     assert he["sweep"][0]["shared_h"] == pytest.approx(he["sweep"][0]["one_gpu_h"] / 3)  # 120 it/s vs 40
+    # with 110 (extrapolated: 10 + 90 x 15/36 ms) x 6 runs
+    assert he["sweep"][0]["study_h"] == pytest.approx(he["sweep"][0]["one_gpu_h"] + 6 * 64000 * 0.0475 / 3600)
+    # a compile mode's own rates give its own line
+    rates = ((20, False, 100.0), (56, False, 40.0), (20, "default", 200.0), (56, "default", 80.0))
+    he = {"rates": [{"depth": d, "compile": m, "it_s": r} for d, m, r in rates], "sharing": []}
+    gpu_bench.Bench.sweep(he)
+    assert [s["compile"] for s in he["sweep"]] == [False, "default"]
+    assert he["sweep"][1]["one_gpu_h"] == pytest.approx(he["sweep"][0]["one_gpu_h"] / 2)
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The training module: loss with label smoothing and auxiliary heads, error metrics, weight-decay groups."""
+"""The training module: loss with label smoothing and auxiliary heads, error metrics, weight-decay groups; the resume
+warning of its callbacks said once."""
 
 import pytest
 import torch
@@ -44,10 +45,26 @@ def test_loss_weights_auxiliary_heads_and_smooths_labels():
     module.eval()
     module.validation_step((x, y), 0)
     top1 = (model.main(x).argmax(1) == y).float().mean()
-    assert module.metrics["val_err1"].compute().item() == pytest.approx(1 - top1.item())
-    assert module.metrics["val_err5"].compute().item() == 0.0  # top-3 of 3 classes always hits
+    val = module.metrics["val"].compute()
+    assert val["err1"] == pytest.approx(1 - top1.item()) and val["loss"] == pytest.approx(
+        F.cross_entropy(model.main(x), y, label_smoothing=0.1).item())
+    assert val["err5"] == 0.0  # top-3 of 3 classes always hits
 
 
 def test_bad_label_smoothing_is_named():
     with pytest.raises(ValueError, match="got 1.5"):
         ClassifierModule(nn.Linear(2, 2), None, None, num_classes=2, label_smoothing=1.5)
+
+
+def test_resume_length_warning_is_said_once(tiny, tmp_path, caplog):
+    import logging
+    import warnings
+
+    from conftest import run_train
+
+    run_train([*tiny, "trainer.max_epochs=1"], tmp_path)
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_train([*tiny, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path)
+    said = [r.getMessage() for r in caplog.records] + [str(w.message) for w in caught]
+    assert sum("RESUMING WITH A DIFFERENT RUN LENGTH" in m for m in said) == 1

@@ -91,10 +91,10 @@ def test_warmup_state_survives_a_checkpoint_and_bad_settings_are_named():
     from cnnlab.warmup import WarmupUntilError
 
     cb = WarmupUntilError(below=0.8, window=3)
-    cb.ended_at, cb._errors = 412, cb._errors.__class__([(90.0, 128.0)], maxlen=3)
+    cb.load_state_dict({"ended_at": 412, "errors": [(90.0, 128.0)]})  # a checkpoint's state
     restored = WarmupUntilError(below=0.8, window=3)
     restored.load_state_dict(cb.state_dict())
-    assert restored.ended_at == 412 and not restored.warming and list(restored._errors) == [(90.0, 128.0)]
+    assert restored.ended_at == 412 and not restored.warming and restored.state_dict()["errors"] == [[90.0, 128.0]]
     for kw, match in ((dict(factor=0), "factor"), (dict(below=1.5), "below"), (dict(window=0), "window"),
                       (dict(below=None), "needs max_steps")):
         with pytest.raises(ValueError, match=match):

@@ -28,6 +28,12 @@ def forward_macs(model: torch.nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 2
 
 
+def logging_step(trainer: L.Trainer) -> bool:
+    """Whether this training step writes to the loggers (every trainer.log_every_n_steps): the steps at which the host
+    may read the device; between them nothing does, so the accelerator runs ahead of the host."""
+    return trainer._logger_connector.should_update_logs
+
+
 def significant(x: float, digits: int = 3) -> str:
     """x to `digits` significant figures, in plain notation: 2.3456 -> '2.35', 12345.6 -> '12346' (never '1.23e+04')."""
     if x == 0 or not math.isfinite(x):
@@ -48,7 +54,9 @@ class Throughput(L.Callback):
     ) -> None:
         """
         Args:
-            window: training steps per logged measurement (the metrics are means over the window).
+            window: at least this many training steps per logged measurement (the metrics are means over the
+                window); a window closes at a logging step (trainer.log_every_n_steps), where the host reads the device
+                anyway, so the accelerator is never waited for in between.
             warmup: first steps of each fit left out (torch.compile, cuDNN autotuning, allocator warmup).
             data_wait_warning: warn (once per fit) when a window spends more than this fraction of its time
                 waiting for the next batch.
@@ -95,7 +103,8 @@ class Throughput(L.Callback):
         if self._steps <= self.warmup:
             self._last_end = time.perf_counter()
             return
-        if self.synchronize and self._win["steps"] == self.window - 1 and pl_module.device.type == "cuda":
+        closing = self._win["steps"] + 1 >= self.window and logging_step(trainer)  # syncs only where logs are written
+        if self.synchronize and closing and pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         self._last_end = time.perf_counter()
         x = batch[0] if isinstance(batch, list | tuple) else batch
@@ -104,7 +113,7 @@ class Throughput(L.Callback):
             acc["data"] += self._wait
             acc["compute"] += self._last_end - self._start
             acc["steps"] += 1
-        if self._win["steps"] == self.window:
+        if closing:
             metrics = self._metrics(self._win)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
@@ -153,13 +162,14 @@ class StopOnDivergence(L.Callback):
     """Stops the run at the first non-finite training loss, naming the step and the learning rate, and refuses to
     write a checkpoint whose weights are not finite (so last.ckpt stays the last finite one).
 
-    Reading the loss on the host waits for the accelerator, so on GPUs a device-side flag is read every
-    `every_n_steps` steps (the progress bar syncs as often); on the CPU every step. All ranks agree on the outcome.
+    Reading the loss on the host waits for the accelerator, so a device-side flag (the first non-finite step) is kept
+    every step and read every `every_n_steps` steps, by default at the logging steps (trainer.log_every_n_steps),
+    and before every checkpoint is written. All ranks agree on the outcome.
     """
 
-    def __init__(self, every_n_steps: int = 10) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+    def __init__(self, every_n_steps: int | None = None) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1 or null (the logging cadence), got {every_n_steps}")
         self.every = every_n_steps
         self._first: torch.Tensor | None = None  # the first step with a non-finite loss, -1 while none
         self._lrs: dict[int, float] = {}
@@ -177,13 +187,16 @@ class StopOnDivergence(L.Callback):
         if self._first is None:
             self._first = torch.full((), -1, dtype=torch.long, device=loss.device)
         self._first = torch.where(bad & (self._first < 0), step, self._first)  # a Python step: no host-device copy
-        if pl_module.device.type == "cpu" or (step + 1) % self.every == 0:
+        if logging_step(trainer) if self.every is None else (step + 1) % self.every == 0:
             self._check(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)  # the steps after the last read
 
     def _check(self, trainer: L.Trainer) -> None:
         first = -1 if self._first is None else int(self._first.item())
         if not trainer.strategy.reduce_boolean_decision(first >= 0, all=False):
-            self._lrs = {s: lr for s, lr in self._lrs.items() if s >= trainer.global_step - self.every}
+            self._lrs = {s: lr for s, lr in self._lrs.items() if s >= trainer.global_step}
             return
         lr = self._lrs.get(first)
         where = f"at step {first}" if first >= 0 else "on another rank"
@@ -238,8 +251,7 @@ class ResumeCheck(L.Callback):
             return
         message = (f"RESUMING WITH A DIFFERENT RUN LENGTH: {', '.join(changed)}. The LR schedule is recomputed over "
                    f"the new length{jump}. See docs/training.md, 'Extending a finished run'.")
-        rank_zero_only(log.warning)(message)
-        rank_zero_warn(message)
+        rank_zero_only(log.warning)(message)  # once, to the console and train.log (not also as a Python warning)
 
 
 class ModelSummary(callbacks.ModelSummary):
@@ -256,3 +268,72 @@ class ModelSummary(callbacks.ModelSummary):
         if not total_flops:
             table = table.rsplit("\n", 1)[0]
         rank_zero_only(log.info)("\n" + table)
+
+
+class ProgressBar(callbacks.TQDMProgressBar):
+    """Lightning's progress bar, plus the module's `bar_metrics`: floats the module sets at the logging cadence
+    (train/step_loss), so redrawing the bar reads nothing from the device."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        return {**super().get_metrics(trainer, pl_module), **getattr(pl_module, "bar_metrics", {})}
+
+
+class EMA(callbacks.EMAWeightAveraging):
+    """An exponential moving average of the weights (and buffers), evaluated and checkpointed in their place
+    (Lightning's EMAWeightAveraging), updated on the foreach path with no read of the device: every
+    `update_every_n_steps` optimizer steps from `update_starting_at_step`, ema = decay x ema + (1 - decay) x weights.
+
+    The same arithmetic as Lightning's per-tensor update (three roundings: decay x ema, (1 - decay) x w, their sum),
+    as a few multi-tensor kernels instead of three per tensor, and without its per-update `n_averaged == 0` read.
+    """
+
+    def __init__(self, decay: float = 0.999, update_every_n_steps: int = 1, update_starting_at_step: int | None = None,
+                 update_starting_at_epoch: int | None = None, use_buffers: bool = True) -> None:
+        if not 0 <= decay <= 1:
+            raise ValueError(f"decay must be in [0, 1], got {decay}")
+        super().__init__(use_buffers=use_buffers, decay=decay, update_every_n_steps=update_every_n_steps,
+                         update_starting_at_step=update_starting_at_step,
+                         update_starting_at_epoch=update_starting_at_epoch)
+        self.decay, self._updates = decay, 0  # updates so far, counted on the host
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":  # Lightning's, without its warning about configure_model (ours only compiles in place)
+            pl_module.configure_model()
+            self._average_model = torch.optim.swa_utils.AveragedModel(pl_module, use_buffers=self._use_buffers)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+            self._update(pl_module)
+            self._latest_update_step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch > self._latest_update_epoch and self.should_update(epoch_idx=trainer.current_epoch):
+            self._update(pl_module)
+            self._latest_update_epoch = trainer.current_epoch
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._average_model.to(pl_module.device)  # made in setup, before the model moved to its device
+        self._updates = int(self._average_model.n_averaged)  # 0, or a resumed run's count: the one read of it
+
+    def _tensors(self, module: torch.nn.Module) -> list[torch.Tensor]:
+        return [t.detach() for t in (*module.parameters(), *(module.buffers() if self._use_buffers else ()))]
+
+    @torch.no_grad()
+    def _update(self, pl_module: L.LightningModule) -> None:
+        average = self._average_model
+        both = list(zip(self._tensors(average.module), self._tensors(pl_module), strict=True))
+        if self._updates == 0:
+            torch._foreach_copy_([a for a, _ in both], [w for _, w in both])
+        else:
+            ema = [a for a, _ in both if a.is_floating_point()]
+            weights = [w for a, w in both if a.is_floating_point()]
+            torch._foreach_mul_(ema, self.decay)
+            torch._foreach_add_(ema, torch._foreach_mul(weights, 1 - self.decay))
+            for a, w in both:  # integer buffers (BN's num_batches_tracked) as AveragedModel: rounded down
+                if not a.is_floating_point():
+                    a.copy_(self.decay * a + (1 - self.decay) * w)
+        if not self._use_buffers:
+            for a, w in zip(average.module.buffers(), pl_module.buffers(), strict=True):
+                a.copy_(w)
+        average.n_averaged += 1  # on the device: Lightning's checkpoint format keeps it
+        self._updates += 1

@@ -2,31 +2,21 @@
 
 import math
 from collections.abc import Callable
+from functools import partialmethod
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from cnnlab.checkpoint import check_compatible
 from cnnlab.evaluation import FullyConvolutional, is_multi_view, log_scores
+from cnnlab.metrics import Sums, log_now
+from cnnlab.optim import param_groups, scale_lrs
 from cnnlab.schedule import Schedule
 
 STAGES = ("train", "val", "test")
-
-
-def param_groups(model: nn.Module, norm_bias_decay: bool = True) -> list[dict]:
-    """The trainable parameters, grouped by LR multiplier (`model.lr_scales`, name -> scale, set by cnnlab.transfer)
-    and, with norm_bias_decay=False, into those with < 2 dims (BN, biases), which get no weight decay."""
-    scales, groups = getattr(model, "lr_scales", {}), {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups.setdefault((norm_bias_decay or p.ndim > 1, scales.get(name, 1.0)), []).append(p)
-    return [{"params": ps, "lr_scale": scale, **({} if decay else {"weight_decay": 0.0})}
-            for (decay, scale), ps in sorted(groups.items(), key=lambda g: (not g[0][0], -g[0][1]))]
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's; the last two capture CUDA graphs
 
 
 class ClassifierModule(L.LightningModule):
@@ -44,7 +34,7 @@ class ClassifierModule(L.LightningModule):
         batch_size: int | None = None,
         reference_batch: int | None = None,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         evaluation: dict | None = None,
         run_config: dict | None = None,
     ) -> None:
@@ -65,7 +55,9 @@ class ClassifierModule(L.LightningModule):
             reference_batch: the batch the configured lr is meant for (e.g. 256 for "0.1 per 256 images");
                 None: no scaling.
             channels_last: NHWC memory format for the model and its inputs (faster convolutions with AMP on GPUs).
-            compile: torch.compile the model in place (state-dict keys unchanged, so checkpoints stay portable).
+            compile: torch.compile the model in place (state-dict keys unchanged, so checkpoints stay portable):
+                false (eager), default (also `true`), reduce-overhead or max-autotune (CUDA graphs on GPUs; the
+                in-memory loader then drops the last partial training batch). The optimizer step stays eager.
             evaluation: unused (the data module cuts the test views); accepted so older checkpoints' configs load.
             run_config: the run's resolved config, stored in checkpoints so a model can be rebuilt from one file.
         """
@@ -74,25 +66,28 @@ class ClassifierModule(L.LightningModule):
             raise ValueError(f"reference_batch={reference_batch} needs the per-device batch_size, got {batch_size}")
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if compile not in (False, True, *COMPILE_MODES):
+            raise ValueError(f"module.compile must be false, true or one of {COMPILE_MODES}, got {compile!r}")
         self.save_hyperparameters(ignore=["model", "optimizer", "schedule"])
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
-        self.metrics = nn.ModuleDict()  # "<stage>_<name>"; a stage alone as a key would shadow nn.Module.train
-        for s in STAGES:
-            self.metrics[f"{s}_loss"] = MeanMetric()
-            # average="micro": the fraction of all images misclassified, as the papers report (torchmetrics'
-            # default "macro" averages per-class accuracies instead)
-            for k, top in (("err1", 1), ("err5", min(5, num_classes))):
-                self.metrics[f"{s}_{k}"] = 1 - MulticlassAccuracy(num_classes, top_k=top, average="micro")
+        self.metrics = {s: Sums(top=min(5, num_classes)) for s in STAGES}  # device-side sums, read when logged
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_compatible(checkpoint["state_dict"], self.state_dict(),
                          checkpoint.get("hyper_parameters", {}).get("run_config"), self.hparams.run_config)
 
+    @property
+    def compile_mode(self) -> str | None:  # None: eager; `compile: true` of older configs is "default"
+        return {False: None, True: "default"}.get(self.hparams.compile, self.hparams.compile)
+
     def configure_model(self) -> None:
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if self.hparams.compile and not getattr(self, "_compiled", False):
-            self.model.compile()
+        asked = ((self.hparams.run_config or {}).get("trainer") or {}).get("benchmark")  # trainer.benchmark: null
+        if asked is None and self._trainer is not None and self.trainer.strategy.root_device.type == "cuda":
+            torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()  # cuDNN autotuning
+        if self.compile_mode and not getattr(self, "_compiled", False):
+            self.model.compile(mode=self.compile_mode)
             self._compiled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,15 +103,23 @@ class ClassifierModule(L.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         for a in aux:
             loss = loss + self.hparams.aux_weight * F.cross_entropy(a, y, label_smoothing=self.hparams.label_smoothing)
-        with torch.no_grad():
-            self.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(y))
-            for k in ("err1", "err5"):  # soft targets (mixup, cutmix, smoothing) are scored by their top class
-                self.metrics[f"{stage}_{k}"].update(logits, y.argmax(1) if y.ndim > 1 else y)
-        for k in ("loss", "err1", "err5"):
-            self.log(f"{stage}/{k}", self.metrics[f"{stage}_{k}"], on_step=False, on_epoch=True, prog_bar=k == "err1")
-        if stage == "train":
-            self.log("train/step_loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        self.metrics[stage].update(loss, logits, y)
+        if stage == "train" and self._trainer is not None and self.trainer._logger_connector.should_update_logs:
+            # the one host read of a training step, at the logging cadence: a float for the loggers and the
+            # progress bar (cnnlab.callbacks.ProgressBar)
+            self.bar_metrics = {"train/step_loss": loss.item()}
+            log_now(self.trainer, self.bar_metrics)
         return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        """The stage's epoch means (summed over ranks), as floats: the progress bar and loggers read no tensor."""
+        for k, v in self.metrics[stage].compute(self.trainer.strategy).items():
+            self.log(f"{stage}/{k}", v, on_step=False, on_epoch=True, prog_bar=k == "err1", batch_size=1)
+        self.metrics[stage].reset()  # also what the sanity check saw; a resumed epoch counts from the resume
+
+    on_train_epoch_end = partialmethod(_log_epoch, "train")  # Lightning's hooks
+    on_validation_epoch_end = partialmethod(_log_epoch, "val")
+    on_test_epoch_end = partialmethod(_log_epoch, "test")
 
     def _test_model(self) -> nn.Module:
         """The model, or its fully-convolutional form when the data module's protocol is eval=dense."""
@@ -134,16 +137,8 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer(param_groups(self.model, self.hparams.norm_bias_decay))
-        for g in optimizer.param_groups:  # transfer learning: e.g. the pretrained backbone at 0.1 x lr
-            g["lr"] *= g["lr_scale"]
-        if self.hparams.reference_batch:
-            t = self.trainer
-            scale = self.hparams.batch_size * t.world_size * t.accumulate_grad_batches / self.hparams.reference_batch
-            for g in optimizer.param_groups:
-                g["lr"] *= scale
-            rank_zero_info(f"lr x {scale:g} = {optimizer.param_groups[0]['lr']:g} for a global batch of "
-                           f"{self.hparams.batch_size * t.world_size * t.accumulate_grad_batches} images "
-                           f"(the recipe's lr is per {self.hparams.reference_batch})")
+        t, batch = self.trainer, self.hparams.batch_size
+        scale_lrs(optimizer, batch and batch * t.world_size * t.accumulate_grad_batches, self.hparams.reference_batch)
         total = self.trainer.estimated_stepping_batches
         if self.trainer.train_dataloader is None:  # with max_steps and max_epochs=-1 Lightning has not loaded it yet
             self.trainer.fit_loop.setup_data()

@@ -42,7 +42,8 @@ class TensorBatches:
     ) -> None:
         self.x, self.y, self.batch_size, self.transform, self.shuffle = x, y, batch_size, transform, shuffle
         self.seed, self.rank, self.world_size, self.position = seed, rank, world_size, position
-        self.drop_last, self.epoch_images = drop_last, epoch_images  # epoch -> the images it reads (alternate flips)
+        self.drop_last = drop_last  # every batch full: the static shapes a CUDA graph replays, or airbench94's
+        self.epoch_images = epoch_images  # epoch -> the images it reads (alternate flips)
         self._resume: dict[str, int] | None = None
         # Training ranks must take equal steps, so each drops the same tail; evaluation counts every image once.
         n = len(y) - len(y) % world_size if shuffle else len(y)
@@ -62,11 +63,11 @@ class TensorBatches:
             order = torch.arange(len(self.y))
         order = order[self.rank :: self.world_size][: self.per_rank].to(self.x.device)
         x = self.x if self.epoch_images is None else self.epoch_images(epoch)
+        g = torch.Generator(self.x.device) if self.shuffle else None  # one object, reseeded: the same draws
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            g = None
-            if self.shuffle:
-                g = torch.Generator(self.x.device).manual_seed(hash((self.seed, epoch, b, self.rank)) % 2**63)
+            if g is not None:
+                g.manual_seed(hash((self.seed, epoch, b, self.rank)) % 2**63)
             yield self.transform(x[idx], self.y[idx], g)
 
     def state_dict(self) -> dict[str, int]:
@@ -125,7 +126,7 @@ class InMemoryDataModule(L.LightningDataModule):
         device_resident: bool = True,
         seed: int = 0,
         synthetic_size: tuple[int, int] = (1024, 256),
-        drop_last: bool = False,
+        drop_last: bool | None = None,
     ) -> None:
         """
         Args:
@@ -143,7 +144,9 @@ class InMemoryDataModule(L.LightningDataModule):
                 mirror images); validation scores the stored images every epoch.
             device_resident: keep the dataset on the training device (GPU), so batches never wait on the host.
             synthetic_size: (train, test) image counts of the synthetic dataset.
-            drop_last: drop each epoch's last partial training batch (airbench94), so every step sees batch_size.
+            drop_last: drop each epoch's last partial training batch (airbench94: every step sees batch_size); None:
+                only when the module compiles with a CUDA-graph mode (module.compile=reduce-overhead or
+                max-autotune), whose graphs need static shapes.
         """
         super().__init__()
         if dataset not in DATASETS:
@@ -233,10 +236,13 @@ class InMemoryDataModule(L.LightningDataModule):
         rank, world = (t.global_rank, t.world_size) if t else (0, 1)
         bs = self.hparams.batch_size if train else self.hparams.eval_batch_size
         transform = {"train": self._train_transform, "val": self._val_transform, "test": self._test_transform}[split]
+        drop = self.hparams.get("drop_last")
+        if drop is None:
+            drop = getattr(t and t.lightning_module, "compile_mode", None) in ("reduce-overhead", "max-autotune")
         flips = self._alternate_flips(s.x) if train and self.augment.alternate_flips else None
         return TensorBatches(s.x, s.y, bs, transform, shuffle=train, seed=self.hparams.seed, rank=rank,
                              world_size=world, position=self._position if train else lambda: (0, 0),
-                             drop_last=train and self.hparams.get("drop_last", False), epoch_images=flips)
+                             drop_last=train and bool(drop), epoch_images=flips)
 
     def _alternate_flips(self, x: torch.Tensor) -> Callable[[int], torch.Tensor]:
         """airbench94's flips: a random half of the images (fixed by the seed) mirrored on even epochs, the other
