@@ -127,3 +127,26 @@ def test_documented_train_command_runs_shortened(where, args, tmp_path):
     overrides = first_of_sweeps([a for a in on_this_machine(args) if not a.startswith("-")])
     run_train([*overrides, *SHORT], tmp_path)
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "finished", where
+
+
+@pytest.mark.slow
+def test_using_models_tencrop_and_linear_probe_examples_run(tmp_path):
+    """docs/using-models.md: `evaluate ckpt=<ckpt> eval=tencrop eval.resize=288` on an image-folder checkpoint, and
+    the linear probe of a CIFAR-10 ResNet-20 on Imagenette (on disk here, read at 32 px)."""
+    from cnnlab.evaluate import evaluate
+
+    imagenette, cifar = DATASETS / "imagenette2-224", DATASETS / "cifar10-jpg"
+    if not (imagenette / "train").is_dir() or not (cifar / "train").is_dir():
+        pytest.skip(f"Imagenette or the CIFAR-10 JPEG copy is not in {DATASETS}")
+    run_train(["data=imagenette", f"data.root={imagenette}", "model=resnet18", "data.per_class=2",
+               "data.batch_size=4", "data.eval_batch_size=4", *SHORT], tmp_path / "imagenette")
+    result = evaluate(tmp_path / "imagenette" / "checkpoints" / "last.ckpt", "tencrop",
+                      ["eval.resize=288", "data.eval_batch_size=4"])
+    assert result["protocol"] == "tencrop" and result["n_images"] == 20  # 2 per class of the 10
+    run_train([f"data.root={cifar}", *SHORT], tmp_path / "cifar")
+    probe = ["model=resnet20", "transfer=linear_probe", f"transfer.weights={tmp_path}/cifar/checkpoints/last.ckpt",
+             f"data.root={imagenette}"]
+    assert any(w.startswith("docs/using-models.md") and "transfer=linear_probe" in a
+               and "data.root=../shared/datasets/imagenette2-224" in a for w, _, a in COMMANDS)  # the one documented
+    run_train([*probe, *SHORT], tmp_path / "probe")
+    assert json.loads((tmp_path / "probe" / "results.json").read_text())["status"] == "finished"

@@ -59,10 +59,14 @@ def _targets(node: Any) -> Iterator[str]:
             yield from _targets(value)
 
 
-def check(cfg: DictConfig | dict) -> None:
-    """Before anything is built: every `_target_` of the config whose extra is missing fails, naming the extra."""
+def missing(cfg: DictConfig | dict) -> list[str]:
+    """The messages for every `_target_` of the config whose extra is not installed (empty when all are)."""
     container = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
-    for target in _targets(container):
-        if target in NEEDS and not installed(NEEDS[target][0]):
-            module, extra, what = NEEDS[target]
-            raise MissingExtraError(message(module, extra, what))
+    return [message(NEEDS[t][0], NEEDS[t][1], NEEDS[t][2]) for t in dict.fromkeys(_targets(container))
+            if t in NEEDS and not installed(NEEDS[t][0])]
+
+
+def check(cfg: DictConfig | dict) -> None:
+    """Before anything is built: a `_target_` of the config whose extra is missing fails, naming the extra."""
+    if found := missing(cfg):
+        raise MissingExtraError(found[0])
