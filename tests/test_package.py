@@ -50,9 +50,9 @@ def test_wheel_carries_the_configs_and_its_console_scripts_train(tmp_path):
     assert "cnnlab/app/train.py" in names and any(n.endswith("licenses/LICENSE") for n in names)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    site = next(venv.glob("lib/python*/site-packages"))
-    (site / "underneath.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")))
     subprocess.run([venv / "bin" / "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))  # after the install: pip would see the editable cnnlab there
+    (site / "underneath.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")))
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}  # the installed copy, not this checkout's src
     work = tmp_path / "elsewhere"
     work.mkdir()
