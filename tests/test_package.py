@@ -26,7 +26,7 @@ def test_a_clone_finds_its_configs_and_train_py():
 
 def test_every_subpackage_is_listed_and_every_console_script_resolves():
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(ROOT / "src").parts) for p in (ROOT / "src" / "cnnlab").rglob("__init__.py")}
+    found = {".".join(p.parent.relative_to(ROOT / "src").parts) for p in (ROOT / "src").rglob("__init__.py")}
     assert found <= listed, f"pyproject.toml's packages lack {found - listed}"
     assert set(SCRIPTS) == {"cnnlab-train", *(f"cnnlab-{t}" for t in TOOLS)}
     import importlib
@@ -48,12 +48,14 @@ def test_wheel_carries_the_configs_and_its_console_scripts_train(tmp_path):
     confs = {f"cnnlab/app/{p.relative_to(ROOT)}" for p in (ROOT / "conf").rglob("*") if p.is_file()}
     assert confs <= names, sorted(confs - names)[:5]
     assert "cnnlab/app/train.py" in names and any(n.endswith("licenses/LICENSE") for n in names)
+    assert "hydra_plugins/cnnlab_extras/__init__.py" in names
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([venv / "bin" / "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}  # the installed copy, not this checkout's src
+    subprocess.run([venv / "bin" / "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)], env=env,
+                   cwd=tmp_path, check=True)
     site = next(venv.glob("lib/python*/site-packages"))  # after the install: pip would see the editable cnnlab there
     (site / "underneath.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")))
-    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}  # the installed copy, not this checkout's src
     work = tmp_path / "elsewhere"
     work.mkdir()
     where = subprocess.run([venv / "bin" / "python", "-c", "import cnnlab.paths as p; print(p.conf_dir())"],
