@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import guards  # also registers the unique_dir resolver of conf/hydra/default.yaml
+from cnnlab import guards, start  # guards also registers the unique_dir resolver of conf/hydra/default.yaml
 
 log = logging.getLogger("train")
 
@@ -24,6 +24,7 @@ def train(cfg: DictConfig) -> float | None:
 def run(cfg: DictConfig, run_dir: Path) -> float | None:
     if (done := run_dir / "results.json").exists() and cfg.ckpt_path is None:  # a relaunched sweep or requeued job
         return guards.finished_score(done, cfg)  # the same config skips; another fails, naming the keys
+    start.before_run(cfg, run_dir)  # missing extras, ckpt_path=auto, the composed config into the log
     ckpt_path = guards.start(cfg, run_dir)  # config and machine checks, before any data is decoded
     L.seed_everything(cfg.seed, workers=True)
 

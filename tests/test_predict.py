@@ -30,7 +30,8 @@ def printed_top5(out: str) -> list[list[tuple[str, float]]]:
 
 
 def test_cifar10_checkpoint_top5_any_image_mode_and_annotated_png(cifar10_slice, tmp_path, capsys):
-    run_train([f"data.root={cifar10_slice}", f"data.cache_dir={tmp_path}/cache", "data.batch_size=50", *QUICK],
+    run_train([f"data.root={cifar10_slice}", f"data.cache_dir={tmp_path}/cache", "data.batch_size=50",
+               "data.val_split=0", *QUICK],
               tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     images = tmp_path / "images"

@@ -46,7 +46,8 @@ def test_wandb_logger_works_offline(tmp_path, monkeypatch):
 
 def test_real_cifar10_jpeg_slice_trains_and_tests(cifar10_slice, tmp_path):
     run_train([f"data.root={cifar10_slice}", f"data.cache_dir={tmp_path}/cache", "data.batch_size=50",
-               "trainer.max_epochs=1", "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0"],
+               "data.val_split=0", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+               "callbacks.progress_bar.refresh_rate=0"],
               tmp_path / "run")
     assert len(epoch_metric(tmp_path / "run", "test/err1")) == 1
     assert list((tmp_path / "cache").glob("cifar-train-32px-3ch-*.pt"))

@@ -39,8 +39,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from cnnlab.checkpoint import check_run_config, check_targets, load_checkpoint
+from cnnlab.paths import conf_dir
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = conf_dir()  # the clone's conf/, or the copy inside an installed wheel
 GROUPS = ("augment", "eval", "data")  # train.yaml's order: an image-folder data config picks its augment and eval
 KEEP = ("model", "module", "seed")  # the rest of a run config (trainer, callbacks, optim, ...) is training's
 NO_EVAL = {"_target_": "cnnlab.evaluation.EvalProtocol", "name": "none"}  # checkpoints from before the eval group

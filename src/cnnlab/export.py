@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from cnnlab import cli
+from cnnlab.extras import require
 from cnnlab.predict import Checkpoint, from_config
 
 FORMATS = ("torchscript", "onnx")
@@ -46,8 +47,9 @@ def torchscript(ck: Checkpoint, x: torch.Tensor, out: Path):
 
 def onnx(ck: Checkpoint, x: torch.Tensor, out: Path):
     """torch.onnx's dynamo exporter, with a dynamic batch size; returns a function running the file in onnxruntime."""
-    import onnx as onnx_lib
-    import onnxruntime
+    onnx_lib = require("onnx", "export", "format=onnx")
+    onnxruntime = require("onnxruntime", "export", "format=onnx")
+    require("onnxscript", "export", "format=onnx")  # torch.onnx's dynamo exporter
 
     batch = torch.export.Dim("batch", min=1)
     torch.onnx.export(ck.model, (x,), str(out), input_names=["images"], output_names=["logits"],

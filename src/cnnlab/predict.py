@@ -28,6 +28,7 @@ from cnnlab import cli
 from cnnlab.checkpoint import check_compatible
 from cnnlab.data import eval_transform
 from cnnlab.data.readers import IMAGE_SUFFIXES
+from cnnlab.extras import require
 
 UNREADABLE_STATUS = 2  # exit status when some files of a folder were unreadable (the others' results are printed)
 
@@ -114,7 +115,7 @@ def predict(ck: Checkpoint, images: list[Image.Image], topk: int = 5, batch_size
 
 def draw(img: Image.Image, top: list[tuple[str, float]], out: Path, title: str = "") -> None:
     """The image beside a bar chart of its top-k classes, as a PNG."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "report", "cnnlab.predict's figure").Figure
 
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax_img, ax_bar = fig.subplots(1, 2, width_ratios=[1, 1.2])

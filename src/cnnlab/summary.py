@@ -25,7 +25,6 @@ or dropout), in the order they first run.
 
 import json
 import sys
-from pathlib import Path
 
 import hydra
 import torch
@@ -38,8 +37,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
+from cnnlab.paths import conf_dir
+
+CONF = conf_dir()  # the clone's conf/, or the copy inside an installed wheel
+ROOT = CONF.parent
 RECORD = CONF / "zoo.json"
 TABLE = ROOT / "docs" / "MODEL_ZOO.md"
 CONDITIONS = ("data", "input_size", "paper")  # written by hand in the record; the rest is measured

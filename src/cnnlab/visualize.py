@@ -20,14 +20,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from cnnlab import cli
+from cnnlab.extras import require
 from cnnlab.predict import Checkpoint, from_config, read_image
+
+Figure = require("matplotlib.figure", "report", "cnnlab.visualize").Figure
 
 log = logging.getLogger(__name__)
 WHAT = ("filters", "top9", "gradcam", "confusion")

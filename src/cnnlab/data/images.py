@@ -9,6 +9,7 @@ transparency composited over white.
 from pathlib import Path
 
 import numpy as np
+from hydra.errors import CompactHydraException
 from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -16,8 +17,9 @@ UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  #
 WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greyscale (PNG, TIFF); "I" holds 32-bit integers
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """The data is missing, incomplete or not in a layout we read; the message says where and how to get it."""
+class DatasetNotFoundError(FileNotFoundError, CompactHydraException):
+    """The data is missing, incomplete or not in a layout we read; the message says where and how to get it.
+    (A CompactHydraException: under @hydra.main the message is printed alone, as a config error is.)"""
 
 
 def visible(path: Path) -> bool:

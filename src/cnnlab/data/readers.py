@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,17 @@ def folder_splits(root: Path) -> dict[str, Path] | None:
     return {"train": root / "train", "test": test} if (root / "train").is_dir() and test else None
 
 
+def remove_empty(created: list[Path]) -> None:
+    """The folders a failed download created (innermost first), if it left them empty: no data/cifar100 husk."""
+    for top in created:
+        if top.is_dir():
+            for d in sorted((p for p in top.rglob("*") if p.is_dir()), reverse=True):
+                with suppress(OSError):
+                    d.rmdir()
+            with suppress(OSError):
+                top.rmdir()
+
+
 def read_cifar(name: str, root: Path, train: bool, download: bool, image_size: int, cache_dir: Path) -> Tensors:
     """CIFAR-10/100 from image folders or the python-pickle format, whichever `root` holds."""
     cls, pickle_dir = CIFAR[name]
@@ -65,9 +77,11 @@ def read_cifar(name: str, root: Path, train: bool, download: bool, image_size: i
             f"{root}/train/<class>/* and {root}/test/<class>/*. Set data.download=true to fetch it, or point "
             f"data.root at an existing copy (e.g. data.root=../shared/datasets/cifar10-jpg)."
         )
+    created = [p for p in (root, *root.parents) if not p.exists()]
     try:
         ds = cls(str(root), train=train, download=download)
     except (OSError, RuntimeError) as err:  # URLError is an OSError; torchvision raises RuntimeError when corrupt
+        remove_empty(created)
         raise DatasetNotFoundError(
             f"could not {'download' if download else 'read'} {name} at {root}/{pickle_dir}: {err}. Without internet, "
             f"copy the official archive's contents there, or point data.root at an image-folder copy."
@@ -80,9 +94,11 @@ def read_mnist(root: Path, train: bool, download: bool) -> Tensors:
     """MNIST in torchvision's layout (`<root>/MNIST/raw/*-ubyte`)."""
     if root.name == "MNIST" and (root / "raw").is_dir():
         root = root.parent
+    created = [p for p in (root, *root.parents) if not p.exists()]
     try:
         ds = torchvision.datasets.MNIST(str(root), train=train, download=download)
     except (OSError, RuntimeError) as err:
+        remove_empty(created)
         hint = "" if download else " Set data.download=true to fetch it (needs internet),"
         raise DatasetNotFoundError(
             f"no MNIST at {root}: expected {root}/MNIST/raw/train-images-idx3-ubyte and the other idx files "

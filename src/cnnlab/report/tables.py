@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from cnnlab.extras import require
 from cnnlab.report.runs import DASH, Run, groups
 
 
@@ -62,7 +63,7 @@ def save(fig, stem: Path) -> None:
 
 
 def pyplot():
-    import matplotlib
+    matplotlib = require("matplotlib", "report", "cnnlab.report's figures")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
