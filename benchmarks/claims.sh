@@ -36,11 +36,6 @@ fi
 OUT=${1:?usage: bash benchmarks/claims.sh OUT [claims.py options] | --prepare}
 shift
 mkdir -p "$OUT"
-if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then
-  ls .gpu-wheels/*.whl >/dev/null 2>&1 || { echo "no hydra-core here and no .gpu-wheels/: run --prepare first"; exit 1; }
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/cnnlab-site .gpu-wheels/*.whl
-  export PYTHONPATH=/tmp/cnnlab-site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source benchmarks/carried.sh  # the carried wheels where Hydra is missing; src/ first on the path
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt" || true
 $PY benchmarks/claims.py "$OUT" "$@" 2>&1 | tee "$OUT/claims.log"

@@ -40,10 +40,9 @@ def test_he2016_degradation_cpu_budget_and_nets(tmp_path):
     assert steps(cfg) == 2000 and cfg.data.batch_size == 128 and cfg.optim.lr == 0.1
     assert list(cfg.schedule.milestones) == [0.5, 0.75] and cfg.schedule.unit == "fraction"  # lr /10 at 1000, 1500
     assert (cfg.data.image_size, cfg.augment.crop_padding, cfg.data.val_split) == (16, 2, 5000)
-    assert sweep(cfg) == {"seed": ["0", "1"], "model": [f"{kind}{depth}" for kind in ("plain", "resnet")
-                                                        for depth in (8, 14, 20, 56)]}
+    assert sweep(cfg) == {"seed": ["0", "1", "2"], "model": ["plain8", "resnet8", "plain20", "resnet20"]}
     nets = {}
-    for name in sweep(cfg)["model"]:
+    for name in [f"{kind}{depth}" for kind in ("plain", "resnet") for depth in (8, 14, 20, 56)]:
         net = compose_run(["experiment=he2016_degradation_cpu", f"model={name}"], tmp_path / name)
         assert list(net.model.widths) == [8, 16, 32], name  # the widths apply to every net of the sweep
         nets[name] = macs_and_params(net, 16)
