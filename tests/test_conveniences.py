@@ -57,6 +57,7 @@ def test_paths_group_moves_data_and_runs_without_changing_defaults(monkeypatch):
 def test_tags_reach_config_and_loggers(tmp_path):
     run_train([*TINY, "trainer.max_steps=2", "tags=[baseline,v2]"], tmp_path)
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["tags"] == ["baseline", "v2"]
+    assert json.loads((tmp_path / "results.json").read_text())["tags"] == ["baseline", "v2"]
     hparams = next(tmp_path.glob("csv/version_*/hparams.yaml")).read_text()
     assert "baseline" in hparams and "v2" in hparams
     cfg = compose_run(["logger=wandb", "tags=[baseline]"], tmp_path / "w")

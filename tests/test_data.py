@@ -237,3 +237,17 @@ def test_in_memory_test_stage_cuts_the_flip_views_and_refuses_file_protocols():
     assert next(iter(dm.val_dataloader()))[0].shape == (4, 3, 32, 32)  # validation: the stored images
     with pytest.raises(ValueError, match="eval=tencrop cuts views from image files.*eval=none or eval=flip"):
         InMemoryDataModule("synthetic", evaluation=EvalProtocol("tencrop"))
+
+
+def test_debug_limits_see_every_class_of_a_class_sorted_folder(cifar10_slice, tmp_path):
+    """trainer=debug and `limit=N` read the first images of the test split: from a class-sorted folder they take the
+    classes in turn, not the first class only (issue: the debug test set was all airplanes)."""
+    from cnnlab.data.readers import across_classes
+
+    assert across_classes([0, 0, 0, 1, 1, 2]) == [0, 3, 5, 1, 4, 2]
+    data = InMemoryDataModule(dataset="cifar10", root=str(cifar10_slice), batch_size=10, eval_batch_size=10,
+                              cache_dir=str(tmp_path / "cache"), device_resident=False)
+    data.setup()
+    first = data.splits["test"].y[:10].tolist()
+    assert sorted(first) == list(range(10))  # one of each class in the first ten
+    assert sorted(data.splits["test"].y.tolist()) == [c for c in range(10) for _ in range(10)]  # every image kept

@@ -443,8 +443,9 @@ def finish(trainer: L.Trainer, done: Path, tested: list[dict]) -> float | None:
         log.error("%s (run directory: %s)", error, done.parent)
         raise NoTestData(error)
     if trainer.is_global_zero:
+        tags = list((getattr(trainer.lightning_module, "hparams", {}).get("run_config") or {}).get("tags") or [])
         write_results(done, status="finished", best_score=score, test=test, epoch=trainer.current_epoch,
-                      global_step=trainer.global_step)
+                      global_step=trainer.global_step, tags=tags)
         best = f"{best_cb.best_model_path} ({best_cb.monitor} {score:.4f})" if score is not None else "none saved"
         log.info("finished after %d steps. run directory: %s", trainer.global_step, done.parent)
         log.info("best checkpoint: %s", best)
