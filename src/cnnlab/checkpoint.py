@@ -25,7 +25,8 @@ TARGET_PREFIXES = ("cnnlab.", "torch.optim.", "lightning.pytorch.")
 # ... and resolve to a class defined in one of these modules (or a submodule); the config groups' targets
 # (tests/test_checkpoint_safety.py checks every conf/ file against this list).
 TARGET_MODULES = ("cnnlab.models", "cnnlab.data", "cnnlab.evaluation", "cnnlab.module", "cnnlab.transfer",
-                  "cnnlab.callbacks", "cnnlab.warmup", "cnnlab.checkpoint", "cnnlab.cluster", "torch.optim",
+                  "cnnlab.callbacks", "cnnlab.warmup", "cnnlab.lookahead", "cnnlab.checkpoint", "cnnlab.cluster",
+                  "torch.optim",
                   "lightning.pytorch.trainer", "lightning.pytorch.callbacks", "lightning.pytorch.loggers",
                   "lightning.pytorch.plugins", "lightning.pytorch.strategies", "lightning.pytorch.accelerators",
                   "lightning.pytorch.profilers", "lightning.fabric.plugins", "lightning.fabric.accelerators")
