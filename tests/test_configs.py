@@ -97,8 +97,10 @@ def test_help_lists_groups_and_options():
 
 
 def test_every_group_maps_to_a_folder():
-    # hparams_search: Optuna sweeper settings (# @package _global_), composed in test_sweeps
-    assert sorted(p.name for p in CONF.iterdir() if p.is_dir()) == sorted([*GROUPS, "hydra", "hparams_search"])
+    # hparams_search: Optuna sweeper settings (# @package _global_), composed in test_sweeps; debug and paths: plain
+    # settings without a `_target_` (test_conveniences)
+    assert sorted(p.name for p in CONF.iterdir() if p.is_dir()) == sorted([*GROUPS, "hydra", "hparams_search", "debug",
+                                                                           "paths"])
 
 
 def test_trainer_config_lists_every_lightning_trainer_argument():
