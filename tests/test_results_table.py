@@ -156,7 +156,8 @@ def test_collect_keeps_the_small_files_and_prints_the_same_rows(results: Path, t
     main(["--collect", str(tmp_path / "kept" / "lenet"), str(tmp_path / "multirun"), "--measured", *info])
     kept = tmp_path / "kept" / "lenet"
     assert sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file()) == [
-        "0/.hydra/config.yaml", "0/.hydra/overrides.yaml", "0/metrics.csv", "0/results.json", MEASURED]
+        "0/.hydra/config.yaml", "0/.hydra/hydra.yaml", "0/.hydra/overrides.yaml", "0/metrics.csv", "0/results.json",
+        MEASURED]
     assert readme_rows([kept])[0].split(" | ")[2:] == ["1", "0.77% test error", "0.95%",
                                                         "yes: every seed at or below 0.95% (test error ranges "
                                                         "0.77-0.77%) |"]

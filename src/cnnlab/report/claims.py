@@ -263,6 +263,9 @@ def collect(dest: Path, dirs: list[Path], info: dict) -> list[Path]:
         (out / ".hydra").mkdir(parents=True, exist_ok=True)
         for name in KEEP:
             shutil.copyfile(run.path / name, out / name)
+        # the config group choices alone (model=lenet5 set by an experiment is in no override): how runs are named
+        choices = {"hydra": {"runtime": {"choices": {"model": run.model}}}}
+        (out / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(choices))
         columns, kept = ["epoch", "step", *CURVE_KEYS], []
         versions = sorted(run.path.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
         for path in versions:  # in order: a resumed run's later rows win in read_curves, as in the run directory
