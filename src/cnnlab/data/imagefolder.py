@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from cnnlab.data.augment import FOLDER_CROPS, IMAGENET_MEAN, IMAGENET_STD, Augment
 from cnnlab.data.images import UNREADABLE, DatasetNotFoundError, list_image_folder, open_rgb
 from cnnlab.data.in_memory import loop_position
-from cnnlab.data.readers import across_classes, available_cpus
+from cnnlab.data.readers import available_cpus
 from cnnlab.evaluation import EvalProtocol
 
 log = logging.getLogger(__name__)
@@ -212,9 +212,6 @@ class ImageFolderDataModule(L.LightningDataModule):
             if self.classes and classes != self.classes:
                 raise DatasetNotFoundError(f"the class folders of {folder} differ from {self.root / hp.train_dir}'s")
             self.classes = classes
-            if split == "val":  # evaluated in full, so its order is free: classes in turn, for debug limits
-                order = across_classes(labels)
-                files, labels = [files[k] for k in order], [labels[k] for k in order]
             self.splits[split] = (files, labels)
         self.class_names = class_names(self.root, self.classes)
         log.info("%s: %s images, %d classes (%s, ...)", self.root, {k: len(v[0]) for k, v in self.splits.items()},

@@ -240,7 +240,8 @@ class InMemoryDataModule(L.LightningDataModule):
         transform = {"train": self._train_transform, "val": self._val_transform, "test": self._test_transform}[split]
         drop = self.hparams.get("drop_last")
         if drop is None:
-            drop = getattr(t and t.lightning_module, "compile_mode", None) in ("reduce-overhead", "max-autotune")
+            module = getattr(t, "lightning_module", None)  # a fused run's stand-in trainer has none
+            drop = getattr(module, "compile_mode", None) in ("reduce-overhead", "max-autotune")
         flips = self._alternate_flips(s.x) if train and self.augment.alternate_flips else None
         return TensorBatches(s.x, s.y, bs, transform, shuffle=train, seed=self.hparams.seed, rank=rank,
                              world_size=world, position=self._position if train else lambda: (0, 0),

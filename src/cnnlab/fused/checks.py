@@ -16,7 +16,8 @@ CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
 # runs locally).
 CALLBACKS = (CHECKPOINT, "cnnlab.callbacks.StopOnDivergence", "lightning.pytorch.callbacks.LearningRateMonitor",
              "cnnlab.callbacks.Throughput", "cnnlab.callbacks.ModelSummary", "cnnlab.callbacks.ResumeCheck",
-             "cnnlab.cluster.SlurmRequeue", "lightning.pytorch.callbacks.TQDMProgressBar")
+             "cnnlab.cluster.SlurmRequeue", "lightning.pytorch.callbacks.TQDMProgressBar",
+             "cnnlab.callbacks.ProgressBar")
 # key -> the values the fused loop supports (the first is the default meaning)
 FIXED = {
     "trainer.devices": (1, "1", "auto"),
