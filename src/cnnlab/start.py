@@ -12,6 +12,19 @@ from cnnlab.cluster import is_global_zero
 
 log = logging.getLogger("train")
 
+
+def register_launchers() -> None:
+    """hydra/launcher=fused: Hydra knows launchers from a scan of the hydra_plugins namespace, which does not see the
+    packages of an editable install (`pip install -e .`), so train.py registers ours itself, before Hydra starts."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.cnnlab_fused_launcher.fused_launcher import FusedLauncher
+
+    Plugins.instance().register(FusedLauncher)
+
+
+register_launchers()
+
 # Lightning's lines that are advice or notes about its own defaults, not about this run (each printed every run)
 QUIET = ("💡 Tip:",  # the litlogger advertisement
          "Trainer already configured with model summary callbacks")  # ours replaces Lightning's, by design
