@@ -47,6 +47,21 @@ def run_train(overrides: list[str], run_dir: Path) -> float | None:
     return train(cfg)
 
 
+def record_losses(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The training steps' losses (detached copies), appended as the steps run: patches ClassifierModule."""
+    from cnnlab.module import ClassifierModule
+
+    losses, step = [], ClassifierModule.training_step
+
+    def recording(self, batch, batch_idx):
+        loss = step(self, batch, batch_idx)
+        losses.append(loss.detach().clone())
+        return loss
+
+    monkeypatch.setattr(ClassifierModule, "training_step", recording)
+    return losses
+
+
 def config_names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 

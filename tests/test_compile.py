@@ -3,7 +3,7 @@ steps); CUDA-graph modes get static training shapes (the last partial batch drop
 
 import pytest
 import torch
-from conftest import TINY, compose_run, run_train
+from conftest import TINY, compose_run, record_losses, run_train
 from hydra.utils import instantiate
 
 from cnnlab.module import ClassifierModule
@@ -14,15 +14,7 @@ RUN = [*TINY, "data.synthetic_size=[320,32]", "data.batch_size=16", "trainer.max
 
 
 def losses(tmp_path, monkeypatch, *overrides: str) -> list[float]:
-    out = []
-    step = ClassifierModule.training_step
-
-    def recording(self, batch, batch_idx):
-        loss = step(self, batch, batch_idx)
-        out.append(loss.detach().clone())
-        return loss
-
-    monkeypatch.setattr(ClassifierModule, "training_step", recording)
+    out = record_losses(monkeypatch)
     run_train([*RUN, *overrides], tmp_path)
     return [x.item() for x in out]
 

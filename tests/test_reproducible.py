@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train
-
-from cnnlab.module import ClassifierModule
+from conftest import record_losses, run_train
 
 # 150 training images (200 of the slice minus val_split=50): 4 batches of 32 and one of 22 per epoch, 2 epochs.
 RECIPE = ["experiment=he2016_degradation_cpu", "model=resnet8", "data.val_split=50", "data.batch_size=32",
@@ -28,15 +26,7 @@ WEIGHTS = {"sum": 196.47127583128201, "abs": 1694.7816971560674, "squares": 380.
 
 
 def run(cifar10_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]) -> tuple:
-    losses = []
-    step = ClassifierModule.training_step
-
-    def recording(self, batch, batch_idx):
-        loss = step(self, batch, batch_idx)
-        losses.append(loss.detach().clone())
-        return loss
-
-    monkeypatch.setattr(ClassifierModule, "training_step", recording)
+    losses = record_losses(monkeypatch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
