@@ -15,7 +15,7 @@ log = logging.getLogger("train")
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit, then test the final weights; returns the best value of the checkpoint's monitored metric."""
+    """Fit, then test the final weights (or test_ckpt=best); returns the best value of the monitored metric."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with guards.locked(run_dir):  # a second run into this directory fails at once, naming this one
         return run(cfg, run_dir)
