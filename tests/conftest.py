@@ -25,6 +25,10 @@ TINY = ("data=synthetic", "data.synthetic_size=[192,64]", "data.batch_size=32", 
         "trainer.log_every_n_steps=1", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0")
 
 
+# One epoch of 2 steps on 32 synthetic images: the smallest run that writes a real checkpoint (tiny_ckpt).
+QUICK = (*TINY, "data.synthetic_size=[32,16]", "data.batch_size=16", "trainer.max_epochs=1")
+
+
 def compose_run(overrides: list[str], run_dir: Path) -> DictConfig:
     """The config `python train.py <overrides> hydra.run.dir=<run_dir>` would run with."""
     GlobalHydra.instance().clear()
@@ -64,6 +68,14 @@ def record_losses(monkeypatch: pytest.MonkeyPatch) -> list:
 
 def config_names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The last.ckpt of a QUICK run (CIFAR ResNet-20 on synthetic data), trained once per test session."""
+    run = tmp_path_factory.mktemp("quick")
+    run_train(list(QUICK), run)
+    return run / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture

@@ -13,14 +13,12 @@ from torch import nn
 from cnnlab.export import export, main
 from cnnlab.predict import load
 
-QUICK = [*conftest.TINY, "data.synthetic_size=[32,16]", "data.batch_size=16", "trainer.max_epochs=1"]
+QUICK = list(conftest.QUICK)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("resnet20")
-    run_train(QUICK, run)
-    return run / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def ckpt(tiny_ckpt: Path) -> Path:
+    return tiny_ckpt  # conftest: trained once per session
 
 
 def test_torchscript_export_reproduces_the_checkpoint(ckpt, tmp_path, capsys):

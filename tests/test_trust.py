@@ -18,14 +18,12 @@ from test_imagenet import SYNSETS, write_tiny_imagenet
 from cnnlab import evaluate, predict, visualize
 from cnnlab.guards import ConfigError, NoTestData, RunDirLocked
 
-TINY = [*conftest.TINY, "data.synthetic_size=[32,16]", "data.batch_size=16", "trainer.max_epochs=1"]
+TINY = list(conftest.QUICK)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    run_train(TINY, run)
-    return run / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def ckpt(tiny_ckpt: Path) -> Path:
+    return tiny_ckpt  # conftest: trained once per session
 
 
 def truncated_jpeg(path: Path) -> Path:
