@@ -207,6 +207,7 @@ def claims_bench():
     sys.path.remove(str(ROOT / "benchmarks"))
 
 
+@pytest.mark.slow  # about 40 s: every claim's runs, shortened
 def test_claims_smoke_runs_every_claim_and_the_ablation_end_to_end(claims_bench, cifar10_slice, tmp_path):
     """`python benchmarks/claims.py OUT --smoke --in-process`: every claim's runs, 2 steps each, tables and curves."""
     from cnnlab.data.pack import pack

@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import CONF, ROOT, compose_run, config_names
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
@@ -21,7 +22,7 @@ from cnnlab.transfer import Transfer
 
 KINDS = {"data": L.LightningDataModule, "augment": Augment, "trainer": L.Trainer,
          "transfer": Transfer, "eval": EvalProtocol}
-GROUPS = ["data", "augment", "model", "module", "optim", "schedule", "trainer", "callbacks", "logger", "experiment",
+GROUPS = ["data", "augment", "module", "optim", "schedule", "trainer", "callbacks", "logger", "experiment",
           "transfer", "eval"]
 
 
@@ -37,7 +38,8 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
             del job["hydra"]
         check_config(job)  # the types and values train.py checks at start: every shipped config passes them
         if group == "experiment":
-            model = instantiate(cfg.model)
+            with torch.device("meta"):  # built without memory or initialization: the config, not the weights, is tested
+                model = instantiate(cfg.model)
             assert sum(p.numel() for p in model.parameters()) > 0
         elif group in ("callbacks", "logger"):
             if extras.missing(job):
@@ -57,12 +59,27 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
             hint = r"FFCV is not installed.*apt-get install -y libturbojpeg0-dev .* pip install -e '.\[ffcv\]'"
             with pytest.raises(InstantiationException, match=hint):  # without the optional extra: the install hint
                 instantiate(cfg.data)
-        elif group == "model" and name == "resnet1202":
-            continue  # 19M parameters: counted in test_models with the others
-        elif group == "model":
-            assert sum(p.numel() for p in instantiate(cfg.model).parameters()) > 0
         else:
             assert isinstance(instantiate(cfg[group]), KINDS[group]), (group, name)
+
+
+def test_every_model_composes_and_instantiates(tmp_path):
+    """The zoo (77 files): each model file composed on its own (its `defaults` chain) and set into one composed run
+    config, as `model=<name>` gives it; checked and built on the meta device, without memory or initialization
+    (tests/test_models.py and test_zoo.py check the real weights and parameter counts)."""
+    names = config_names("model")
+    assert len(names) > 70, names
+    job = compose_run(["data=synthetic"], tmp_path)
+    with open_dict(job):
+        del job["hydra"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name in names:
+            job.model = compose(config_name=None, overrides=[f"+model={name}"]).model
+            check_config(job)
+            with torch.device("meta"):
+                model = instantiate(job.model)
+            assert sum(p.numel() for p in model.parameters()) > 0, name
+            assert next(model.parameters()).is_meta, name
 
 
 def test_experiment_he2016_cifar_is_the_papers_recipe(tmp_path):
@@ -97,10 +114,10 @@ def test_help_lists_groups_and_options():
 
 
 def test_every_group_maps_to_a_folder():
-    # hparams_search: Optuna sweeper settings (# @package _global_), composed in test_sweeps; debug and paths: plain
-    # settings without a `_target_` (test_conveniences)
-    assert sorted(p.name for p in CONF.iterdir() if p.is_dir()) == sorted([*GROUPS, "hydra", "hparams_search", "debug",
-                                                                           "paths"])
+    # model: its own test above; hparams_search: Optuna sweeper settings (# @package _global_), composed in
+    # test_sweeps; debug and paths: plain settings without a `_target_` (test_conveniences)
+    others = ["model", "hydra", "hparams_search", "debug", "paths"]
+    assert sorted(p.name for p in CONF.iterdir() if p.is_dir()) == sorted([*GROUPS, *others])
 
 
 def test_trainer_config_lists_every_lightning_trainer_argument():

@@ -75,6 +75,7 @@ def test_ddp_on_two_processes_counts_every_image_once(tmp_path):
     assert last_epoch_metric(run, "val/err1") == pytest.approx(one["test/err1"], abs=1e-6)  # val = test set here
 
 
+@pytest.mark.slow  # about 30 s: four processes; the two-process DDP test stays in the default suite
 def test_two_nodes_on_localhost_share_one_run(tmp_path):
     """A manual two-node launch (NODE_RANK 0 and 1, one process each) trains one model into one run directory."""
     run, port = tmp_path / "run", free_port()
@@ -95,6 +96,7 @@ def test_lr_is_scaled_by_the_global_batch(tmp_path):
     assert last_epoch_metric(tmp_path, "lr-SGD") == pytest.approx(0.2)
 
 
+@pytest.mark.slow  # about 40 s: bf16 kernels are slow on a CPU
 def test_bf16_mixed_and_channels_last_train_on_the_cpu(tmp_path):
     run_train([*TINY, "trainer.max_epochs=3", "trainer.precision=bf16-mixed", "module.channels_last=true"], tmp_path)
     rows = list(csv.DictReader(next(tmp_path.glob("csv/version_0/metrics.csv")).open()))
@@ -150,6 +152,7 @@ def test_relaunched_sweep_skips_finished_runs(tmp_path):
     assert not (tmp_path / "0" / "csv" / "version_1").exists() and (tmp_path / "1" / "csv" / "version_1").exists()
 
 
+@pytest.mark.slow  # about 25 s: two runs with the wandb client
 def test_wandb_run_id_survives_a_resume(tmp_path):
     """Two processes (as a requeued job is): the second resumes the first's wandb run under the same id."""
     args = [*TINY, "logger=[csv,wandb]", f"hydra.run.dir={tmp_path}"]

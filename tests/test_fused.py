@@ -95,6 +95,7 @@ def test_resume_continues_as_one_run(tmp_path: Path) -> None:
         assert sorted(p.name for p in (tmp_path / "parts" / str(i) / "csv").iterdir()) == ["version_0", "version_1"]
 
 
+@pytest.mark.slow  # about 35 s: a whole fused sweep, its report and evaluate
 def test_sweep_cli_divergence_report_evaluate(tmp_path: Path) -> None:
     """python train.py -m ... hydra/launcher=fused: the lr=1e6 job diverges alone (results.json "diverged", exit 1
     as train.py's divergence), the other finishes; the report and the evaluator read the run directories."""

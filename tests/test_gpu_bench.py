@@ -76,6 +76,7 @@ def packed(cifar10_slice, tmp_path) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.slow  # about 25 s: every benchmark item, shortened
 def test_gpu_benchmark_smoke_runs_every_item_end_to_end(gpu_bench, packed, tmp_path):
     """`python benchmarks/gpu.py OUT --smoke --in-process`: every item's code path on tiny sizes; ~30 s of CPU."""
     out = tmp_path / "out"

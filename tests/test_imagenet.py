@@ -276,6 +276,7 @@ def imagenette() -> Path:
     return root
 
 
+@pytest.mark.slow  # about 20 s: real Imagenette JPEGs, ten crops
 def test_short_imagenette_run_trains_and_tests_with_ten_crops(imagenette, tmp_path):
     """6 images of each of the 10 classes at 64 px, a ResNet-18, 4 epochs: the training loss goes down, and the test
     stage scores 10 views of each of the 6 x 10 val images."""

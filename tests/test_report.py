@@ -80,6 +80,7 @@ def test_cli_writes_into_out_and_names_a_missing_directory(sweeps, tmp_path, cap
         main([str(tmp_path / "nowhere")])
 
 
+@pytest.mark.slow  # about 20 s: two ResNeXt-50 runs
 def test_resnext_table3_and_ilsvrc_table_from_a_real_sweep(tmp_path):
     multirun(["experiment=resnext50_ablation_small", "model=resnext50_1x64d,resnext50_32x4d", *SMALL,
               "data.synthetic_size=[24,8]", "data.val_split=8", "data.batch_size=8", "trainer.max_epochs=1"],

@@ -86,8 +86,9 @@ def test_bad_dataset_path_and_bad_config_value_fail_clearly(tmp_path):
         run_train([*TINY, "data.val_split=500"], tmp_path / "c")
 
 
-@pytest.mark.parametrize(("model", "size", "classes"), [("googlenet", 224, 1000), ("inception_v3", 299, 1000),
-                                                         ("resnet50", 64, 10), ("densenet_bc100", 32, 10)])
+@pytest.mark.parametrize(("model", "size", "classes"), [
+    ("googlenet", 224, 1000), pytest.param("inception_v3", 299, 1000, marks=pytest.mark.slow),  # ~15 s at 299 px
+    ("resnet50", 64, 10), ("densenet_bc100", 32, 10)])
 def test_zoo_models_train_through_train_py(model, size, classes, tmp_path):
     """Auxiliary heads (GoogLeNet, Inception-v3) and ImageNet layouts go through the module end to end."""
     best = run_train([*TINY, f"model={model}", f"data.image_size={size}", f"data.num_classes={classes}",
