@@ -251,3 +251,30 @@ def test_debug_limits_see_every_class_of_a_class_sorted_folder(cifar10_slice, tm
     first = data.splits["test"].y[:10].tolist()
     assert sorted(first) == list(range(10))  # one of each class in the first ten
     assert sorted(data.splits["test"].y.tolist()) == [c for c in range(10) for _ in range(10)]  # every image kept
+
+
+@pytest.mark.parametrize("backend", ["imagefolder", "device_decode"])
+def test_debug_limits_see_every_class_of_a_class_sorted_image_folder(backend, cifar10_slice):
+    """data=imagenet|imagenette (and the _gpu loaders): the val and test stages read val/ so that the first ten
+    images of a 10-class folder are ten classes, the same order every run and for any seed; training keeps the
+    folder's order (it shuffles its own) and every image is still read."""
+    from cnnlab.data.device_decode import DeviceDecodeDataModule
+    from cnnlab.data.imagefolder import ImageFolderDataModule
+
+    cls = {"imagefolder": ImageFolderDataModule, "device_decode": DeviceDecodeDataModule}[backend]
+
+    def module(seed: int) -> ImageFolderDataModule:
+        data = cls(str(cifar10_slice), num_classes=10, batch_size=10, eval_batch_size=10, num_workers=0,
+                   val_dir="test", evaluation=EvalProtocol("center", 32, 32), seed=seed)
+        data.setup()
+        return data
+
+    data = module(seed=0)
+    for loader in (data.val_dataloader(), data.test_dataloader()):  # what limit_*_batches=1 would score
+        x, y = next(iter(loader))
+        assert sorted(y.tolist()) == list(range(10))
+    files, labels = data.splits["val"]
+    assert sorted(labels) == [c for c in range(10) for _ in range(10)] and len(set(files)) == 100
+    assert data.splits["val"] == module(seed=1).splits["val"]  # fixed, whatever the run's seed
+    train_files, train_labels, _ = images.list_image_folder(cifar10_slice / "train")
+    assert data.splits["train"] == (train_files, train_labels)  # training's order is the folder's

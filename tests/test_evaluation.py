@@ -14,6 +14,7 @@ from PIL import Image
 from test_imagenet import write_tiny_imagenet
 from torchvision.transforms.v2 import functional as TF
 
+from cnnlab.data import imagefolder
 from cnnlab.data.imagefolder import ShardSampler
 from cnnlab.evaluate import evaluate
 from cnnlab.evaluation import EvalProtocol, FullyConvolutional, log_scores
@@ -208,6 +209,21 @@ def test_evaluate_an_image_folder_checkpoint_with_each_protocol(tmp_path):
     results["square"] = evaluate(ckpt, "tencrop", [*over, "eval.square=true"])  # AlexNet's 10 patches
     assert {r["n_images"] for r in results.values()} == {9}
     assert len({round(r["loss"], 6) for r in results.values()}) == 5  # five different sets of views
+
+
+def test_reading_an_image_folder_with_the_classes_in_turn_changes_no_result(tiny_ckpt, cifar10_slice, monkeypatch):
+    """The val/test order that takes the classes in turn (debug limits see every class) scores what the folder's
+    own class-sorted order scores: top-1/top-5 misses and the loss are sums over the images."""
+    over = ["data=imagenet", f"data.root={cifar10_slice}", "data.val_dir=test", "data.num_classes=10",
+            "data.num_workers=0", "data.eval_batch_size=16", "eval.resize=32", "eval.crop=32",
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
+    across = evaluate(tiny_ckpt, "center", over)
+    calls = []
+    monkeypatch.setattr(imagefolder, "across_classes", lambda labels: calls.append(1) or list(range(len(labels))))
+    folder_order = evaluate(tiny_ckpt, "center", over)
+    assert calls and across["n_images"] == folder_order["n_images"] == 100
+    assert (across["err1"], across["err5"]) == (folder_order["err1"], folder_order["err5"])
+    assert across["loss"] == pytest.approx(folder_order["loss"], rel=1e-5)  # float sums in another order
 
 
 def test_evaluate_a_vgg_checkpoint_densely(tmp_path):

@@ -88,11 +88,22 @@ def test_image_folder_backend_converts_odd_jpegs_and_replaces_the_truncated_one(
 
 
 def add_unreadable_pair(root: Path) -> list[str]:
-    """Two corrupt files that sort first in val/ of class 1, side by side: with batches of 2 a batch of only them."""
-    bad = [root / "val" / SYNSETS[1] / f"{c}_bad.JPEG" for c in "ab"]
+    """Two corrupt files that sort first in val/ of classes 0 and 1: the first two images of the evaluation order
+    (the classes in turn), so batches of 2 make a batch of only them (`readable_batches` checks that it does)."""
+    bad = [root / "val" / SYNSETS[c] / f"{'ab'[c]}_bad.JPEG" for c in (0, 1)]
     bad[0].write_bytes(b"not a jpeg")
     bad[1].write_bytes((root / "val" / SYNSETS[1] / f"{SYNSETS[1]}_0.JPEG").read_bytes()[:200])  # truncated
     return sorted(map(str, bad))
+
+
+def readable_batches(data: ImageFolderDataModule, batch_size: int, bad: list[str]) -> list[list[int]]:
+    """The labels of the evaluation batches, read off the data module's own val order: the `bad` files left out and
+    a batch of only them skipped. Fails if no batch is only bad files (a fixture that no longer tests the skip)."""
+    files, labels = data.splits["val"]
+    batches = [[y for f, y in zip(files[i : i + batch_size], labels[i : i + batch_size], strict=True)
+                if str(f) not in bad] for i in range(0, len(files), batch_size)]
+    assert [] in batches, f"no evaluation batch of only {bad}: order {[f.name for f in files]}"
+    return [b for b in batches if b]
 
 
 @pytest.mark.parametrize("protocol", ["center", "tencrop", "dense"])
@@ -104,7 +115,8 @@ def test_an_evaluation_batch_of_only_unreadable_images_is_skipped_and_counted_on
     with caplog.at_level(logging.WARNING):
         for _epoch in range(2):
             batches = list(data.test_dataloader())
-    assert [b[1].tolist() for b in batches] == [[0, 0], [1, 1], [2, 2]]  # the batch [a_bad, b_bad] left out
+    assert [b[1].tolist() for b in batches] == readable_batches(data, 2, bad)  # the batch [a_bad, b_bad] left out
+    assert len(batches) == 3 and sorted(torch.cat([b[1] for b in batches]).tolist()) == [0, 0, 1, 1, 2, 2]
     assert sorted(data.unreadable) == bad and "2 distinct so far" in caplog.text
     assert "3 distinct" not in caplog.text and "4 distinct" not in caplog.text  # files, not events
 
@@ -130,6 +142,7 @@ def test_ffcv_backend_writes_and_reads_the_same_folder(tiny_imagenet, tmp_path):
     main([str(tiny_imagenet), str(out), "--max-side", "64", "--quality", "95", "--workers", "1"])
     meta = json.loads((out / "classes.json").read_text())
     assert meta["splits"] == {"train": 20, "val": 6} and meta["class_names"] == NAMES
+    assert meta["eval_order"] == "across_classes"
     assert [Path(p).name for p in meta["skipped"]["train"]] == ["truncated.JPEG"]
     data = FFCVDataModule(str(out), num_classes=3, batch_size=4, num_workers=1, augment=small_preset(),
                           evaluation=EvalProtocol("center", 40, 32))
@@ -139,7 +152,7 @@ def test_ffcv_backend_writes_and_reads_the_same_folder(tiny_imagenet, tmp_path):
     x = torch.cat([b[0] for b in batches])
     assert x.dtype == torch.uint8 and x.shape == (20, 3, 32, 32)
     val = list(data.val_dataloader())
-    assert torch.cat([b[1] for b in val]).tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.cat([b[1] for b in val]).tolist() == [0, 1, 2, 0, 1, 2]  # as the image folder's val: classes in turn
     # the same meaning: the class colour survives decoding, cropping and flipping on both paths
     for xb, yb in val:
         for img, label in zip(xb, yb, strict=True):

@@ -138,14 +138,19 @@ def test_bad_checkpoint_image_or_override_fails_clearly(synthetic_ckpt, tmp_path
 
 
 def test_folder_output_mirrors_subfolders(synthetic_ckpt, tmp_path, capsys):
-    """Two images of one name in different class folders get two PNGs."""
-    for cls in ("a", "b"):
+    """Two images of one name in different class folders get two PNGs; a folder's images are printed in sorted path
+    order (a listing of every file, unlike the class-interleaved order of the debug subsets)."""
+    for cls, names in (("b", ("0.png",)), ("a", ("1.png", "0.png"))):  # created out of order
         (tmp_path / "imgs" / cls).mkdir(parents=True)
-        Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / "imgs" / cls / "0.png")
+        for name in names:
+            Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / "imgs" / cls / name)
     main([f"ckpt={synthetic_ckpt}", f"image={tmp_path}/imgs", f"save={tmp_path}/out"])
-    assert len(printed_top5(capsys.readouterr().out)) == 2
+    out = capsys.readouterr().out
+    assert len(printed_top5(out)) == 3
+    assert [line for line in out.splitlines() if line.startswith(str(tmp_path))] == [
+        f"{tmp_path}/imgs/{f}" for f in ("a/0.png", "a/1.png", "b/0.png")]
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
-        "a/0.png", "b/0.png"]
+        "a/0.png", "a/1.png", "b/0.png"]
 
 
 def test_checkpoints_from_before_transfer_weights_still_load(synthetic_ckpt, tmp_path):

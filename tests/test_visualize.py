@@ -121,3 +121,13 @@ def test_confusion_and_top9_read_image_folder_test_sets(tmp_path):
     assert counts.shape == (10, 10) and counts.sum() == 10 and (counts.sum(1) == 1).all()
     assert (tmp_path / "cm.csv").read_text().startswith("true\\predicted,tench,English springer")
     assert top9(ck, tmp_path / "top9.png", channel=3)[1].shape == (9,)
+
+
+def test_confusion_limited_on_a_class_sorted_image_folder_fills_one_row_per_class(tiny_ckpt, cifar10_slice, tmp_path):
+    """`visualize what=confusion limit=10` on a CIFAR-10 image folder as data=imagenet reads it (class folders in
+    order): the ten images are one of each class, ten non-empty rows (the folder's own order gave one row)."""
+    main([f"ckpt={tiny_ckpt}", "what=confusion", "limit=10", f"out={tmp_path}/cm.png", "data=imagenet",
+          f"data.root={cifar10_slice}", "data.val_dir=test", "data.num_classes=10", "data.num_workers=0",
+          "eval.resize=32", "eval.crop=32"])
+    rows = list(csv.reader((tmp_path / "cm.csv").open()))[1:]
+    assert [sum(map(int, r[1:])) for r in rows] == [1] * 10

@@ -7,8 +7,9 @@
 Images are preprocessed as the checkpoint's run evaluated: its data config (in-memory CIFAR/MNIST: converted to RGB
 or greyscale, resized + center-cropped to data.image_size, MNIST zero-padded; image folders: the eval protocol's
 resize + center crop), normalized with the mean and std stored in the checkpoint (He et al.'s per-pixel mean image
-included). A file that cannot be decoded (truncated, corrupt, not an image) is left out and listed on stderr after the
-results of the others, and the exit status is then 2. The command line is Hydra's (cnnlab.cli): the keys above are
+included). A folder's images are read recursively and printed in sorted path order, every one of them. A file that
+cannot be decoded (truncated, corrupt, not an image) is left out and listed on stderr after the results of the
+others, and the exit status is then 2. The command line is Hydra's (cnnlab.cli): the keys above are
 conf/predict.yaml's, any other key=value overrides the checkpoint's run config (e.g. eval.crop=...), `--help` lists
 them.
 """

@@ -127,6 +127,10 @@ class FFCVDataModule(ImageFolderDataModule):
         if len(meta["classes"]) != self.hparams.num_classes:
             raise DatasetNotFoundError(f"{self.betons} holds {len(meta['classes'])} classes but "
                                        f"data.num_classes={self.hparams.num_classes}")
+        if meta.get("eval_order") != "across_classes":
+            log.warning("%s/val.beton was written class-sorted (by an older write_ffcv): a limited evaluation "
+                        "(trainer=debug, limit_val_batches) sees its first classes only; write it again to read the "
+                        "classes in turn", self.betons)
         if self.folder:
             super().setup(stage)  # the image folder, for the multi-view test stage
         self.classes, self.class_names = meta["classes"], meta["class_names"]

@@ -3,6 +3,8 @@
 Workers decode, crop and flip (the `augment` preset's per-image stage) and hand over uint8 tensors; the rest of the
 augmentation and the normalization run on the training device (`on_after_batch_transfer`). Evaluation cuts the
 `eval` protocol's views. Every rank reads its own shard; evaluation shards are not padded, so each image counts once.
+Evaluation reads val/ in a fixed order that takes the classes in turn (`across_classes`), so a limited pass
+(`trainer=debug`, `limit_val_batches`, `visualize limit=N`) sees every class; training shuffles its own order.
 
 An unreadable file never stops a run: in training it is replaced by the next readable file of the folder (so every
 batch stays full and distributed ranks stay in step), in evaluation it is left out (and a batch left empty is
@@ -22,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from cnnlab.data.augment import FOLDER_CROPS, IMAGENET_MEAN, IMAGENET_STD, Augment
 from cnnlab.data.images import UNREADABLE, DatasetNotFoundError, list_image_folder, open_rgb
 from cnnlab.data.in_memory import loop_position
-from cnnlab.data.readers import available_cpus
+from cnnlab.data.readers import across_classes, available_cpus
 from cnnlab.evaluation import EvalProtocol
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ IMAGENETTE_NAMES = {"n01440764": "tench", "n02102040": "English springer", "n029
                     "n03888257": "parachute"}
 SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")  # "<wnid> <name>, <synonym>, ..." per line
 SUBSTITUTE_TRIES = 64  # training: files after an unreadable one tried in its place before giving up
-__all__ = ["ImageFolderDataModule", "ShardSampler", "class_names", "open_rgb"]
+__all__ = ["ImageFolderDataModule", "ShardSampler", "class_names", "open_rgb", "read_split"]
 
 
 def class_names(root: Path, synsets: list[str]) -> list[str]:
@@ -48,6 +50,21 @@ def class_names(root: Path, synsets: list[str]) -> list[str]:
                 table[wnid] = words.split(",")[0].strip() or wnid
             break
     return [table.get(s, s) for s in synsets]
+
+
+def read_split(folder: Path, per_class: int | None = None, across: bool = False
+               ) -> tuple[list[Path], list[int], list[str]]:
+    """Files, labels and classes of `folder/<class>/*`: only the first `per_class` files of each class if given (a
+    slice), and with `across` in the order that takes the classes in turn (evaluation splits: the first N images of
+    a limited pass cover the classes, where the folder's own order would give N of the first class)."""
+    files, labels, classes = list_image_folder(folder)
+    keep = range(len(files))
+    if per_class:
+        first = {c: k for k, c in reversed(list(enumerate(labels)))}  # files come grouped by class
+        keep = [k for k in keep if k - first[labels[k]] < per_class]
+    if across:
+        keep = [keep[k] for k in across_classes([labels[k] for k in keep])]
+    return [files[k] for k in keep], [labels[k] for k in keep], classes
 
 
 class ImageFiles(Dataset):
@@ -201,11 +218,8 @@ class ImageFolderDataModule(L.LightningDataModule):
                     f"no {split} split at {folder}: expected {self.root}/{hp.train_dir}/<synset>/*.JPEG and "
                     f"{self.root}/{hp.val_dir}/<synset>/*.JPEG (data/prepare_imagenet.py makes this layout from the "
                     f"official archives); set data.root")
-            files, labels, classes = list_image_folder(folder)
-            if hp.per_class:
-                first = {c: k for k, c in reversed(list(enumerate(labels)))}  # files come grouped by class
-                keep = [k for k, c in enumerate(labels) if k - first[c] < hp.per_class]
-                files, labels = [files[k] for k in keep], [labels[k] for k in keep]
+            # val/ is scored in order (val and test stages): classes in turn; training shuffles the folder's order
+            files, labels, classes = read_split(folder, hp.per_class, across=split == "val")
             if len(classes) != hp.num_classes:
                 raise DatasetNotFoundError(f"{folder} has {len(classes)} class folders but "
                                            f"data.num_classes={hp.num_classes}")

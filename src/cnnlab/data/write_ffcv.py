@@ -4,7 +4,9 @@ input of data=imagenet_ffcv and data=imagenette_ffcv:
     python -m cnnlab.data.write_ffcv /datasets/imagenet /datasets/imagenet_ffcv --max-side 512 --quality 90
 
 Unreadable files are left out (listed in classes.json); every image passes through the image-folder backend's
-decoder first (cnnlab.data.images.open_image), so both backends see the same pixels. Needs the ffcv extra.
+decoder first (cnnlab.data.images.open_image), so both backends see the same pixels. Evaluation splits (every split
+but train) are written in the order the image-folder loader reads val/, the classes in turn, so a limited evaluation
+(`trainer=debug`) sees every class; FFCV reads them sequentially. Needs the ffcv extra.
 """
 
 import argparse
@@ -18,8 +20,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from cnnlab.data.ffcv import require_ffcv
-from cnnlab.data.imagefolder import class_names
-from cnnlab.data.images import DatasetNotFoundError, list_image_folder, open_rgb
+from cnnlab.data.imagefolder import class_names, read_split
+from cnnlab.data.images import DatasetNotFoundError, open_rgb
 from cnnlab.data.readers import available_cpus
 
 log = logging.getLogger(__name__)
@@ -52,18 +54,15 @@ class _Check(_Images):
 
 
 def write_beton(folder: Path, out: Path, max_side: int = 512, quality: int = 90, per_class: int | None = None,
-                workers: int | None = None) -> dict:
-    """Writes folder/<class>/* into `out` (a .beton), leaving out unreadable files; returns {classes, n, skipped}."""
+                workers: int | None = None, across: bool = False) -> dict:
+    """Writes folder/<class>/* into `out` (a .beton), leaving out unreadable files, with `across` in the order that
+    takes the classes in turn (evaluation splits); returns {classes, n, skipped}."""
     require_ffcv()
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
     from tqdm import tqdm
 
-    files, labels, classes = list_image_folder(folder)
-    if per_class:
-        first = {c: k for k, c in reversed(list(enumerate(labels)))}
-        keep = [k for k, c in enumerate(labels) if k - first[c] < per_class]
-        files, labels = [files[k] for k in keep], [labels[k] for k in keep]
+    files, labels, classes = read_split(folder, per_class, across)
     workers = workers or available_cpus()
     ok = [b for batch in tqdm(DataLoader(_Check(files, labels), batch_size=64, num_workers=workers, collate_fn=list),
                               desc=f"checking {folder}", unit="batch") for b in batch]
@@ -93,11 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if not 1 <= a.quality <= 100:
         p.error(f"--quality must be in 1..100, got {a.quality}")
-    meta: dict = {"max_side": a.max_side, "quality": a.quality, "splits": {}, "skipped": {}}
+    meta: dict = {"max_side": a.max_side, "quality": a.quality, "splits": {}, "skipped": {},
+                  "eval_order": "across_classes"}  # FFCVDataModule warns on betons written class-sorted
     for split in a.splits:
         if not (a.folder / split).is_dir():
             raise DatasetNotFoundError(f"no {a.folder / split}: expected {a.folder}/{split}/<class>/<images>")
-        r = write_beton(a.folder / split, a.out / f"{split}.beton", a.max_side, a.quality, a.per_class, a.workers)
+        r = write_beton(a.folder / split, a.out / f"{split}.beton", a.max_side, a.quality, a.per_class, a.workers,
+                        across=split != "train")
         if meta.setdefault("classes", r["classes"]) != r["classes"]:
             raise DatasetNotFoundError(f"{a.folder / split} has other class folders than {a.splits[0]}/")
         meta["splits"][split], meta["skipped"][split] = r["n"], r["skipped"]
