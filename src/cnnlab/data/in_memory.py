@@ -52,6 +52,11 @@ class TensorBatches:
     def __len__(self) -> int:
         return self.per_rank // self.batch_size if self.drop_last else -(-self.per_rank // self.batch_size)
 
+    @property
+    def dataset(self) -> torch.Tensor:
+        """The labels, one per image, as a DataLoader's dataset: Lightning's batch-size finder stops at its length."""
+        return self.y
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, start = 0, 0
         if self.shuffle:
