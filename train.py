@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import guards, start  # guards also registers the unique_dir resolver of conf/hydra/default.yaml
+from cnnlab import guards, start, tune  # guards also registers the unique_dir resolver of conf/hydra/default.yaml
 
 log = logging.getLogger("train")
 
@@ -29,9 +29,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
 
     data = instantiate(cfg.data, augment=instantiate(cfg.augment), _convert_="all")
-    model = instantiate(cfg.transfer)(instantiate(cfg.model), cfg)  # from transfer.weights, if given
-    module = instantiate(cfg.module, model=model, optimizer=instantiate(cfg.optim), schedule=instantiate(cfg.schedule),
-                         run_config=OmegaConf.to_container(cfg, resolve=True), _recursive_=False, _convert_="all")
+    if cfg.get("tune") and not tune.tune(cfg, run_dir, data, build_module, resuming=ckpt_path is not None):
+        return None  # tune.apply=false: the finder's report is the run (tune.json; results.json "status": "tuned")
+    module = build_module(cfg)  # after tune=: the values it applied, and weights drawn from the seed as without it
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(lg) for lg in cfg.logger.values()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -40,6 +40,12 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     with guards.recording_divergence(done, cfg.data):  # a non-finite loss: results.json says "diverged", exit 1
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return guards.finish(trainer, done, trainer.test(module, datamodule=data, ckpt_path=cfg.get("test_ckpt")))
+
+
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    model = instantiate(cfg.transfer)(instantiate(cfg.model), cfg)  # from transfer.weights, if given
+    return instantiate(cfg.module, model=model, optimizer=instantiate(cfg.optim), schedule=instantiate(cfg.schedule),
+                       run_config=OmegaConf.to_container(cfg, resolve=True), _recursive_=False, _convert_="all")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

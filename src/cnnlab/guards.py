@@ -188,6 +188,9 @@ def check_values(cfg: dict) -> None:
     check_schedule(cfg)
     check_monitors(cfg)
     check_data(cfg)
+    from cnnlab.tune import check as check_tune  # tune= (imports this module)
+
+    check_tune(cfg)
     data_classes = (cfg.get("data") or {}).get("num_classes")
     for key in ("model", "module"):
         n = (cfg.get(key) or {}).get("num_classes")
@@ -327,6 +330,10 @@ def check_relaunch(cfg: DictConfig, run_dir: Path) -> None:
     if not saved.is_file():
         log.warning("%s has no config.yaml (a run from before it was saved): skipping it unchecked", run_dir)
         return
+    from cnnlab.tune import applied, with_values
+
+    if cfg.get("tune") and (tuned := applied(run_dir)):  # config.yaml holds the values the run's finder applied
+        cfg = with_values(cfg, tuned)
     old = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
     diffs = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in sorted({*old, *new})
@@ -444,8 +451,10 @@ def finish(trainer: L.Trainer, done: Path, tested: list[dict]) -> float | None:
         raise NoTestData(error)
     if trainer.is_global_zero:
         tags = list((getattr(trainer.lightning_module, "hparams", {}).get("run_config") or {}).get("tags") or [])
+        from cnnlab.tune import summary
+
         write_results(done, status="finished", best_score=score, test=test, epoch=trainer.current_epoch,
-                      global_step=trainer.global_step, tags=tags)
+                      global_step=trainer.global_step, tags=tags, **summary(done.parent))  # tune=: what it applied
         best = f"{best_cb.best_model_path} ({best_cb.monitor} {score:.4f})" if score is not None else "none saved"
         log.info("finished after %d steps. run directory: %s", trainer.global_step, done.parent)
         log.info("best checkpoint: %s", best)
