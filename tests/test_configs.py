@@ -115,8 +115,9 @@ def test_help_lists_groups_and_options():
 
 def test_every_group_maps_to_a_folder():
     # model: its own test above; hparams_search: Optuna sweeper settings (# @package _global_), composed in
-    # test_sweeps; debug and paths: plain settings without a `_target_` (test_conveniences)
-    others = ["model", "hydra", "hparams_search", "debug", "paths"]
+    # test_sweeps; debug and paths: plain settings without a `_target_` (test_conveniences); tune: plain settings
+    # read by cnnlab.tune (test_tune)
+    others = ["model", "hydra", "hparams_search", "debug", "paths", "tune"]
     assert sorted(p.name for p in CONF.iterdir() if p.is_dir()) == sorted([*GROUPS, *others])
 
 

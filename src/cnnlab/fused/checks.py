@@ -77,6 +77,9 @@ def check_supported(cfg: dict) -> None:
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"hydra/launcher=fused: {key}={flat.get(key)!r} is not supported: {why}; {BASIC}")
 
+    if cfg.get("tune"):
+        raise ConfigError(f"hydra/launcher=fused with tune={cfg['tune'].get('finder')}: the finder runs before one "
+                          f"run, not in a sweep; run it once without -m, then sweep with the value it reports")
     if (cfg.get("data") or {}).get("_target_") != IN_MEMORY:
         fail("data._target_", f"fused runs read in-memory data ({IN_MEMORY}: data=synthetic|cifar10|cifar100|mnist)")
     if (cfg.get("module") or {}).get("_target_") != CLASSIFIER:
