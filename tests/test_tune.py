@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ENV, ROOT, TINY, compose_run, run_train
+from conftest import ENV, ROOT, TINY, compose_run, record_losses, run_train
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
@@ -30,9 +30,13 @@ def read(run_dir: Path, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run with tune=lr_find (tune.apply=true): 16 range-test steps, then 2 training steps."""
+    """A run with tune=lr_find (tune.apply=true): 16 range-test steps, then 2 training steps; the training steps'
+    losses in <run dir>/steps.json."""
     run_dir = tmp_path_factory.mktemp("lr_find")
-    run_train(LR_FIND, run_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        steps = record_losses(mp)
+        run_train(LR_FIND, run_dir)
+    (run_dir / "steps.json").write_text(json.dumps([float(v) for v in steps]))
     return run_dir
 
 
@@ -41,6 +45,8 @@ def test_lr_find_writes_the_curve_and_the_suggestion_and_trains_with_it(tuned):
     lrs, losses, suggestion = record["lrs"], record["losses"], record["suggestion"]
     assert len(lrs) == len(losses) == 16 and all(a < b for a, b in zip(lrs, lrs[1:], strict=False))
     assert lrs[0] == pytest.approx(1e-6) and suggestion in lrs and record["lr_scale"] == 1.0  # reference_batch = batch
+    steps = read(tuned, "steps.json")
+    assert len(steps) == 16 + 2 and losses[0] == pytest.approx(steps[0], rel=1e-6)  # unbiased: Lightning's is x 0.505
     assert record["applied"] == record["found"] == {"optim.lr": suggestion}
     assert (tuned / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert read(tuned, "config.yaml")["optim"]["lr"] == suggestion != 0.1  # the run says which lr it used
@@ -62,6 +68,14 @@ def test_lr_find_then_training_is_the_run_given_the_suggestion(tuned, tmp_path):
     a = load_checkpoint(tuned / "checkpoints" / "last.ckpt")["state_dict"]
     b = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_tuned_checkpoint_loads_in_the_tools(tuned):
+    """The stored run config holds `tune` (plain values, no `_target_`): evaluate rebuilds the model from it."""
+    from cnnlab.evaluate import evaluate
+
+    result, tested = evaluate(tuned / "checkpoints" / "last.ckpt"), read(tuned, "results.json")["test"]
+    assert result["n_images"] == 32 and result["err1"] == pytest.approx(tested["test/err1"])
 
 
 def test_a_tuned_run_relaunched_skips_and_a_requeued_one_reapplies_its_values(tuned, monkeypatch, caplog):
@@ -88,6 +102,19 @@ def test_lr_find_report_only_stops_and_without_matplotlib_skips_the_figure(tmp_p
     assert not (tmp_path / "lr_find.png").exists()
     assert "lr_find.png not drawn: matplotlib is not installed (pip install 'cnnlab[report]')" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_the_suggestion_is_the_steepest_fall_against_log_lr():
+    """On log-spaced lrs Lightning 2.6 takes the slope against lr, so a dip of 0.01 at 5e-5 beats a fall from 2.5 to
+    1.5 around 1e-2; ours takes it against log10(lr). (If Lightning's assertion fails, Lightning has fixed #21141.)"""
+    from lightning.pytorch.tuner.lr_finder import _LRFinder
+
+    lrs = torch.logspace(-6, 0, 40).tolist()
+    losses = [2.5 - 0.01 * (i == 11) - (0.2 * (i - 26) if 26 < i < 32 else 1.0 if i >= 32 else 0) for i in range(40)]
+    lightning = _LRFinder("exponential", 1e-6, 1.0, 40)
+    lightning.results = {"lr": lrs, "loss": losses}
+    assert lightning.suggestion() < 1e-4 and tune.suggest(lrs, losses, "exponential") in range(27, 32)
+    assert tune.suggest(lrs, losses[:12], "exponential") is None  # fewer than 2 points after the first 10
 
 
 def test_lr_find_restores_the_weights_and_converts_the_suggestion_to_optim_lr(tmp_path):

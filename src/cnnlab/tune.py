@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.tuner import Tuner
@@ -151,17 +152,37 @@ def lr_scale(module: L.LightningModule, trainer: L.Trainer) -> float:
     return hp.batch_size * trainer.accumulate_grad_batches / hp.reference_batch if hp.get("reference_batch") else 1.0
 
 
+def unbiased(losses: list[float | None], beta: float = 0.98) -> list[float | None]:
+    """Lightning's smoothed losses with the bias correction it means: its _LRCallback divides the running mean after
+    the i-th step (from 0) by 1 - beta**(i + 2), the step being counted already (global_step), so the first point is
+    half the first loss and the curve rises for some 50 steps whatever the lr does (Lightning issue #14167)."""
+    return [v if v is None else v * (1 - beta ** (i + 2)) / (1 - beta ** (i + 1)) for i, v in enumerate(losses)]
+
+
+def suggest(lrs: list[float], losses: list[float | None], mode: str) -> int | None:
+    """The index of Lightning's suggestion (the steepest fall of the smoothed loss, the first 10 points and the last
+    left out), the slope taken against log10(lr) in exponential mode. Deviation: Lightning 2.6 takes it against lr
+    also there (issue #21141, PR #21171), which on log-spaced points picks the first dip at the smallest lrs."""
+    idx = [i for i in range(10, len(losses) - 1) if losses[i] is not None]
+    if len(idx) < 2:
+        return None
+    x = torch.tensor([math.log10(lrs[i]) if mode == "exponential" else lrs[i] for i in idx], dtype=torch.float64)
+    y = torch.tensor([losses[i] for i in idx], dtype=torch.float64)
+    return idx[int(torch.gradient(y, spacing=[x])[0].argmin())]
+
+
 def find_lr(cfg: DictConfig, module: L.LightningModule, data: L.LightningDataModule, run_dir: Path) -> dict:
     """Lightning's range test: tune.num_training steps from tune.min_lr to tune.max_lr, every parameter group at
     the same lr (transfer's lr_scales and the LR schedule are set aside); the suggestion is the steepest fall of the
-    smoothed loss. optim.lr = suggestion / lr_scale, so that the run's first group trains at the suggestion."""
+    smoothed loss (unbiased, suggest). optim.lr = suggestion / lr_scale: the run's first group trains at it."""
     t = cfg.tune
     trainer = _trainer(cfg, t.num_training)
     finder = Tuner(trainer).lr_find(module, datamodule=data, min_lr=t.min_lr, max_lr=t.max_lr,
                                     num_training=t.num_training, mode=t.mode,
                                     early_stop_threshold=t.early_stop_threshold, update_attr=False)
-    suggestion = finder.suggestion()
-    lrs, losses = _plain(finder.results["lr"]), _plain(finder.results["loss"])
+    lrs, losses = _plain(finder.results["lr"]), unbiased(_plain(finder.results["loss"]))
+    best = suggest(lrs, losses, t.mode)
+    suggestion, lightning = None if best is None else lrs[best], finder.suggestion()
     scale = lr_scale(module, trainer)
     if suggestion is None:
         found = {}
@@ -170,21 +191,21 @@ def find_lr(cfg: DictConfig, module: L.LightningModule, data: L.LightningDataMod
                     t.early_stop_threshold)
     else:
         found = {"optim.lr": suggestion / scale}
-        log.info("tune=lr_find: suggested lr %.3g (the steepest fall of the loss over %d steps, %.2g to %.2g) = "
-                 "optim.lr %.3g%s; configured optim.lr %s", suggestion, len(lrs), lrs[0], lrs[-1],
-                 found["optim.lr"], f" x lr scale {scale:g} (global batch / module.reference_batch)"
-                 if scale != 1 else "", cfg.optim.lr)
+        log.info("tune=lr_find: suggested lr %.3g (the steepest fall of the loss over %d steps, %.2g to %.2g; "
+                 "Lightning's own: %.3g) = optim.lr %.3g%s; configured optim.lr %s", suggestion, len(lrs), lrs[0],
+                 lrs[-1], lightning, found["optim.lr"], f" x lr scale {scale:g} (global batch / "
+                 f"module.reference_batch)" if scale != 1 else "", cfg.optim.lr)
     if any(s != 1 for s in getattr(module.model, "lr_scales", {}).values()):
         log.info("tune=lr_find: the range test ran every parameter group at one lr; the run scales the groups by "
                  "their lr_scales (transfer) again")
-    _figure(finder, suggestion, run_dir / FIGURE)
+    _figure(lrs, losses, best, t.mode, run_dir / FIGURE)
     settings = {k: t[k] for k in ("min_lr", "max_lr", "num_training", "mode", "early_stop_threshold")}
-    return {"finder": "lr_find", "settings": settings, "suggestion": suggestion, "lr_scale": scale,
-            "lrs": lrs, "losses": losses, "found": found}
+    return {"finder": "lr_find", "settings": settings, "suggestion": suggestion, "lightning_suggestion": lightning,
+            "lr_scale": scale, "lrs": lrs, "losses": losses, "found": found}
 
 
-def _figure(finder: Any, suggestion: float | None, path: Path) -> None:
-    """Lightning's loss-vs-lr plot, the suggestion marked; without matplotlib (the report extra), one line."""
+def _figure(lrs: list[float], losses: list[float | None], best: int | None, mode: str, path: Path) -> None:
+    """The loss against the lr, the suggestion marked; without matplotlib (the report extra), one line."""
     try:
         import matplotlib
     except ImportError:
@@ -193,9 +214,13 @@ def _figure(finder: Any, suggestion: float | None, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = finder.plot(suggest=suggestion is not None)
-    fig.axes[0].set_ylabel("training loss (smoothed, Lightning's running mean)")
-    fig.axes[0].set_title(f"LR range test: suggestion {suggestion:.3g}" if suggestion else "LR range test")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, [math.nan if v is None else v for v in losses])
+    if best is not None:
+        ax.plot(lrs[best], losses[best], "o", color="red", label=f"suggestion {lrs[best]:.3g}")
+        ax.legend()
+    ax.set(xscale="log" if mode == "exponential" else "linear", xlabel="learning rate",
+           ylabel="training loss (smoothed, beta 0.98)", title=f"LR range test, {len(lrs)} steps")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     log.info("tune=lr_find: loss vs lr in %s", path)
