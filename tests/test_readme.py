@@ -27,6 +27,9 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "data"
 SHORT = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
          "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
          "callbacks.progress_bar.refresh_rate=0"]
+# ... and the finders (tune=) shortened too: 13 range-test steps (the fewest with a suggestion), 2 batch-size trials
+SHORT_TUNE = {"tune=lr_find": ["tune.num_training=13"],
+              "tune=batch_size": ["tune.max_trials=2", "tune.steps_per_trial=1"]}
 OFFLINE = ("experiment=finetune_",)  # they start from torchvision's ImageNet weights: a download
 FRAGMENT_GROUPS = ("trainer", "callbacks", "module")  # their keys are the same whichever option: a fragment composes
 COMMAND = re.compile(r"(?:python3? (train\.py|-m cnnlab[\w.]*)|slurm/train\.sbatch)(?:\s|$)(.*)")
@@ -125,8 +128,9 @@ def test_readme_first_command_runs_shortened(tmp_path):
 @pytest.mark.parametrize(("where", "args"), RUNNABLE, ids=[w[:100] for w, _ in RUNNABLE])
 def test_documented_train_command_runs_shortened(where, args, tmp_path):
     overrides = first_of_sweeps([a for a in on_this_machine(args) if not a.startswith("-")])
-    run_train([*overrides, *SHORT], tmp_path)
-    assert json.loads((tmp_path / "results.json").read_text())["status"] == "finished", where
+    run_train([*overrides, *SHORT, *(o for a in overrides for o in SHORT_TUNE.get(a, []))], tmp_path)
+    status = "tuned" if "tune.apply=false" in overrides else "finished"  # a finder's report alone trains nothing
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == status, where
 
 
 @pytest.mark.slow
