@@ -26,6 +26,7 @@ from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.guards import ConfigError, write_results
+from cnnlab.schedule import constant
 
 log = logging.getLogger("train")
 
@@ -276,6 +277,7 @@ def tune(cfg: DictConfig, run_dir: Path, data: L.LightningDataModule,
         log.info("tune=%s: resuming with the values found before (%s): %s", cfg.tune.finder, RECORD, values)
         return True
     module = build(cfg)
+    module.schedule = constant  # the finders set the LR schedule aside; one over the run would not fit their steps
     record = find_lr(cfg, module, data, run_dir) if cfg.tune.finder == "lr_find" else find_batch_size(cfg, module,
                                                                                                        data)
     apply = bool(cfg.tune.apply)
