@@ -80,6 +80,17 @@ def test_cli_writes_into_out_and_names_a_missing_directory(sweeps, tmp_path, cap
         main([str(tmp_path / "nowhere")])
 
 
+
+def test_a_run_that_ended_without_training_is_listed_with_its_status(sweeps, tmp_path):
+    """A report-only finder run (tune.apply=false) and a diverged run keep results.json's status in runs.csv and the
+    list of runs that did not finish, instead of reading as crashed."""
+    for name, status in (("tuned", "tuned"), ("diverged", "diverged")):
+        shutil.copytree(sweeps / "grid" / "0", tmp_path / "runs" / name)
+        (tmp_path / "runs" / name / "results.json").write_text(json.dumps({"status": status, "global_step": 0}))
+    text = report([tmp_path / "runs"], tmp_path / "out")
+    assert sorted(r["status"] for r in rows(tmp_path / "out" / "runs.csv")) == ["diverged", "tuned"]
+    assert "status tuned, last logged step" in text and "status diverged" in text
+
 @pytest.mark.slow  # about 20 s: two ResNeXt-50 runs
 def test_resnext_table3_and_ilsvrc_table_from_a_real_sweep(tmp_path):
     multirun(["experiment=resnext50_ablation_small", "model=resnext50_1x64d,resnext50_32x4d", *SMALL,

@@ -28,6 +28,12 @@ class Run:
     def finished(self) -> bool:
         return bool(self.results) and self.results.get("status") == "finished"
 
+    @property
+    def status(self) -> str:
+        """results.json's status (finished, diverged, no_test_data; tuned: a finder's report alone, tune.apply=false,
+        nothing trained), or "failed or unfinished" without one."""
+        return (self.results or {}).get("status") or "failed or unfinished"
+
     def test(self, key: str = "test/err1") -> float | None:
         return self.results["test"].get(key) if self.finished else None
 

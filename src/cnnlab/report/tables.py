@@ -99,8 +99,7 @@ def complexity(name: str, config: dict) -> tuple[int, float]:
 def sweep_report(runs: list[Run], keys: list[str], missing: list[str], best: list[str], out: Path) -> str:
     by = [k for k in keys if k != "seed"]
     header = ["run", "status", *keys, "test err1 %", "test err5 %", "best val err1 %", "steps"]
-    status = {True: "finished", False: "failed or unfinished"}
-    rows = [[str(r.path), status[r.finished], *(r.overrides.get(k, DASH) for k in keys),
+    rows = [[str(r.path), r.status, *(r.overrides.get(k, DASH) for k in keys),
              fmt(stats([r.test()])), fmt(stats([r.test("test/err5")])),
              fmt(stats([r.results.get("best_score") if r.finished else None])), r.steps] for r in runs]
     with (out / "runs.csv").open("w", newline="") as f:
@@ -117,8 +116,9 @@ def sweep_report(runs: list[Run], keys: list[str], missing: list[str], best: lis
     notes = (f"\nMean ± sample std over the finished runs of each group (n; `k/m`: k of m finished). Swept keys: "
              f"{', '.join(keys) or 'none'}. Test error: the final weights on the test set; best val: the best "
              f"epoch's validation error (what the sweep optimizes).\n")
-    unfinished = [f"- `{r.path}` ({', '.join(f'{k}={r.overrides.get(k)}' for k in keys)}): no results.json, "
-                  f"last logged step {r.steps}" for r in runs if not r.finished]
+    unfinished = [f"- `{r.path}` ({', '.join(f'{k}={r.overrides.get(k)}' for k in keys)}): "
+                  f"{'status ' + r.status if r.results else 'no results.json'}, last logged step {r.steps}"
+                  for r in runs if not r.finished]
     unfinished += [f"- `{m}`: defined by the sweep, never started" for m in missing]
     if best:
         notes += "\nBest trials (the objective: best val/err1):\n\n" + "\n".join(best) + "\n"
