@@ -61,6 +61,7 @@ def assert_one_run_dir(run_dir: Path, cwd: Path, before: set[Path] = frozenset()
     assert hydra_dirs(cwd) == before
 
 
+@pytest.mark.slow  # about 25 s: two processes; CI runs it
 def test_ddp_on_two_processes_counts_every_image_once(tmp_path):
     """trainer=ddp trainer.devices=2 over gloo: 65 test images split 33/32 with no padded duplicate, so the 2-process
     test metrics equal a 1-process evaluation of the same weights."""
@@ -141,6 +142,7 @@ def test_resuming_another_models_checkpoint_names_the_difference(tmp_path):
         run_train([*TINY, "trainer.max_epochs=2", "data.num_classes=5", f"ckpt_path={ckpt}"], tmp_path / "c")
 
 
+@pytest.mark.slow  # about 30 s: a sweep run twice; the single-run relaunch tests stay
 def test_relaunched_sweep_skips_finished_runs(tmp_path):
     """A 2-job multirun; job 1 is made unfinished; relaunching the same sweep skips job 0 and reruns job 1."""
     sweep = ["-m", *TINY, "trainer.max_epochs=1", "seed=0,1", f"hydra.sweep.dir={tmp_path}"]
@@ -164,6 +166,7 @@ def test_wandb_run_id_survives_a_resume(tmp_path):
     assert len(runs) == 2 and all(r.endswith(run_id) for r in runs), (run_id, runs)
 
 
+@pytest.mark.slow  # about 10 s: the submitit launcher's --cfg in a subprocess
 def test_slurm_launcher_config_shows_the_resources(tmp_path):
     """`python train.py hydra/launcher=slurm --cfg hydra` (Hydra refuses --cfg together with -m)."""
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "hydra", "hydra/launcher=slurm",

@@ -118,6 +118,7 @@ def test_resnext_table3_and_ilsvrc_table_from_a_real_sweep(tmp_path):
     assert 0 <= top5 <= top1 <= 100
 
 
+@pytest.mark.slow  # about 15 s: two recipes' runs
 def test_recipes_table_and_ilsvrc_row_of_the_shortcut_option_from_real_runs(tmp_path):
     multirun(["experiment=lecun1998_mnist,ilsvrc_resnet18", "data=synthetic", "data.synthetic_size=[16,8]",
               "data.batch_size=8", "data.eval_batch_size=8", "module.reference_batch=8", "trainer.max_epochs=1",

@@ -80,6 +80,7 @@ def test_cifar10_fast_is_airbench94(tmp_path):
     assert cfg.callbacks.lookahead._target_ == "cnnlab.lookahead.Lookahead"
 
 
+@pytest.mark.slow  # about 12 s: the whole recipe on a slice
 def test_cifar10_fast_trains_with_lookahead_whitening_and_tta(tmp_path):
     run_train(["experiment=cifar10_fast", *TINY, "data.synthetic_size=[320,100]", "data.batch_size=64",
                "trainer.precision=32-true", "module.compile=false", "trainer.max_epochs=2"], tmp_path)  # 10 steps

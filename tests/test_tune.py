@@ -181,6 +181,7 @@ def test_what_the_finders_cannot_do_fails_at_start_naming_it(overrides, says, tm
     assert not run_dir.exists()  # refused before any data was read: the run directory is removed
 
 
+@pytest.mark.slow  # about 10 s: a -m sweep in a subprocess
 def test_a_sweep_with_tune_fails_at_start_naming_it(tmp_path):
     out = subprocess.run([sys.executable, "train.py", "-m", *BASE, "tune=lr_find", "seed=0,1",
                           f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, env=ENV, capture_output=True, text=True)
