@@ -66,7 +66,7 @@ def packed(cifar10_slice, tmp_path) -> dict[str, Path]:
     """The two packed files `bash benchmarks/gpu.sh --prepare` makes, from a few real images of each class."""
     files = {"cifar": tmp_path / "cifar.npz", "imagenette": tmp_path / "imagenette.npz"}
     pack(cifar10_slice, files["cifar"], "cifar10", per_class=10)  # 100 train + 100 test images
-    imagenette = cifar10_slice.parents[1] / "imagenette-slice"
+    imagenette = tmp_path / "imagenette-slice"  # per test: two tests of a session each make their own
     for split in ("train", "val"):  # the loader item reads an ImageNet layout: CIFAR's JPEGs serve as its images
         for c in sorted((cifar10_slice / "test").iterdir()):
             (imagenette / split / c.name).mkdir(parents=True)
