@@ -125,9 +125,13 @@ def summary(run_dir: Path) -> dict[str, Any]:
 def with_values(cfg: DictConfig, values: dict[str, Any]) -> DictConfig:
     """A copy of cfg with the dotted keys set (interpolations that read them, module.reference_batch, follow)."""
     cfg = copy.deepcopy(cfg)
+    _update(cfg, values)
+    return cfg
+
+
+def _update(cfg: DictConfig, values: dict[str, Any]) -> None:
     for key, value in values.items():
         OmegaConf.update(cfg, key, value, merge=False)
-    return cfg
 
 
 def _plain(values: list) -> list:
@@ -305,6 +309,5 @@ def tune(cfg: DictConfig, run_dir: Path, data: L.LightningDataModule,
 
 
 def _set(cfg: DictConfig, values: dict[str, Any], run_dir: Path) -> None:
-    for key, value in values.items():
-        OmegaConf.update(cfg, key, value, merge=False)
+    _update(cfg, values)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)  # the values the run trains with
